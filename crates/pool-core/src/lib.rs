@@ -1,17 +1,79 @@
 //! The one async pool engine of Serverless Managers.
 //!
-//! Every backend, the connection pool and the `smgr` gateway keep their instances in a pool built
-//! by this crate. It is the tiny core of the workspace: it knows nothing of Docker, Kubernetes,
-//! HTTP servers or any particular backend, and its dependencies stay small.
+//! Every backend, the connection pool and the `smgr` gateway keep their instances in a
+//! [`Pool`] built by this crate. It is the tiny core of the workspace: it knows nothing of
+//! Docker, Kubernetes, HTTP servers or any particular backend, and depends only on tokio's
+//! sync and time parts, parking_lot, thiserror, async-trait and serde.
 //!
-//! What it will provide (see `docs/architecture.md` in the repository):
+//! A [`Manager`] says how to create, check and destroy an instance; the pool decides when:
 //!
-//! - a generic `Pool` over a `Manager` that creates, checks and destroys instances, with a warm
-//!   minimum, a maximum, per-instance concurrency, a fair bounded waiter queue with priorities,
-//!   health checks, idle/lifetime/use limits, resize and a draining shutdown;
-//! - the serverless layer: function specs, instances, endpoints and the `Backend` trait that the
-//!   worker, process, Docker and Kubernetes backends implement.
+//! - it keeps `min` instances warm in the background, restores them after failures, and never
+//!   evicts them for being idle; it never holds more than `max`;
+//! - an instance carries one lease at a time, or `concurrency` shared leases;
+//! - acquires wait in a bounded queue, first come first served within three [`Priority`]
+//!   levels, for at most `acquire_timeout`; a full queue fails at once;
+//! - a failed create reaches the acquires that were counting on it at once, with the
+//!   manager's error as the source, and further creates back off;
+//! - an acquire whose create is still running takes an instance returned meanwhile;
+//! - idle timeout, max lifetime and max uses retire instances only while they are idle;
+//!   background health checks replace failing ones; leases held too long are reported;
+//! - [`Pool::resize`] changes the limits at run time, and [`Pool::shutdown`] drains: it refuses
+//!   new acquires, waits for leases up to a deadline and destroys everything concurrently,
+//!   each instance with a grace period.
 //!
-//! # Status
+//! ```
+//! use std::convert::Infallible;
+//! use pool_core::{Manager, Pool, PoolConfig};
 //!
-//! The engine has not landed yet, so this crate exports nothing today.
+//! /// Hands out numbered buffers.
+//! struct Buffers;
+//!
+//! #[async_trait::async_trait]
+//! impl Manager for Buffers {
+//!     type Instance = Vec<u8>;
+//!     type Error = Infallible;
+//!
+//!     async fn create(&self) -> Result<Vec<u8>, Infallible> {
+//!         Ok(Vec::with_capacity(4096))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> pool_core::Result<()> {
+//! let pool = Pool::new(Buffers, PoolConfig { min: 1, max: 4, ..PoolConfig::default() })?;
+//! let mut buffer = pool.acquire().await?;
+//! buffer.get_mut().expect("an exclusive lease").extend_from_slice(b"hello");
+//! assert_eq!(&buffer[..], b"hello");
+//! drop(buffer); // back to the pool
+//!
+//! let report = pool.shutdown(std::time::Duration::from_secs(5)).await;
+//! assert_eq!(report.leases_abandoned, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Events and status
+//!
+//! [`Pool::subscribe`] delivers [`PoolEvent`]s (created, destroyed with a [`DestroyReason`],
+//! create failed, health check failed, leak suspected, resized); [`Pool::status`] is a
+//! [`PoolStatus`] snapshot with sizes, counters and the distribution of wait times.
+//!
+//! # Feature flags
+//!
+//! None: the engine is always complete.
+
+mod config;
+mod error;
+mod lease;
+mod manager;
+mod pool;
+mod state;
+mod status;
+
+pub use config::{PoolConfig, Selection};
+pub use error::{Error, ManagerError, Result};
+pub use lease::Lease;
+pub use manager::Manager;
+pub use pool::{Pool, ShutdownReport};
+pub use state::Priority;
+pub use status::{DestroyReason, InstanceId, PoolCounters, PoolEvent, PoolStatus, WaitTimes};

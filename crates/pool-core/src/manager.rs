@@ -1,0 +1,37 @@
+//! [`Manager`]: how a pool creates, checks and destroys its instances.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// Creates, checks and destroys the instances of one [`Pool`](crate::Pool).
+///
+/// The pool decides *when*; the manager knows *how*. Every method may take as long as it needs:
+/// the pool bounds `create` with `create_timeout` and `check` with `health_check_timeout`, and
+/// runs all three off the acquire path.
+#[async_trait]
+pub trait Manager: Send + Sync + 'static {
+    /// What the pool hands out: a connection, a process, a container...
+    type Instance: Send + Sync + 'static;
+    /// What `create` and `check` fail with; it reaches the waiters as the source of
+    /// [`Error::Create`](crate::Error::Create).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Creates a new instance, ready to be leased.
+    async fn create(&self) -> Result<Self::Instance, Self::Error>;
+
+    /// Checks that an idle instance is still alive and fit for reuse; an error destroys it.
+    /// Called in the background every `health_check_interval`, never on the acquire path.
+    /// The default accepts every instance.
+    async fn check(&self, instance: &Self::Instance) -> Result<(), Self::Error> {
+        let _ = instance;
+        Ok(())
+    }
+
+    /// Tears an instance down: ask it to stop, give it `grace` to do so, then force it.
+    /// The default drops it.
+    async fn destroy(&self, instance: Self::Instance, grace: Duration) {
+        let _ = grace;
+        drop(instance);
+    }
+}

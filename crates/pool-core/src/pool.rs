@@ -1,0 +1,440 @@
+//! [`Pool`]: the async side of the engine — acquires, background work, shutdown.
+
+use std::fmt;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::runtime;
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{PoolConfig, validate_size};
+use crate::error::{Error, Result};
+use crate::lease::Lease;
+use crate::manager::Manager;
+use crate::state::{Effects, Priority, State, WaiterReceiver};
+use crate::status::{PoolEvent, PoolStatus};
+
+/// Events kept for a subscriber that falls behind; older ones are dropped for it (it then
+/// receives `RecvError::Lagged`).
+const EVENT_CAPACITY: usize = 1024;
+
+/// A pool of instances made by a [`Manager`].
+///
+/// Cheap to clone: clones share one pool. When the last clone is dropped, the background task
+/// stops, idle instances are destroyed in the background and leased ones when their leases
+/// return; call [`Pool::shutdown`] instead to wait for all of that.
+pub struct Pool<M: Manager> {
+    handle: Arc<Handle<M>>,
+}
+
+/// Owns the background task; dropped with the last `Pool` clone.
+struct Handle<M: Manager> {
+    inner: Arc<Inner<M>>,
+    maintenance: JoinHandle<()>,
+}
+
+impl<M: Manager> Drop for Handle<M> {
+    fn drop(&mut self) {
+        self.maintenance.abort();
+        let mut effects = Effects::default();
+        self.inner.state.lock().close(&mut effects);
+        self.inner.apply(effects);
+    }
+}
+
+/// The shared core: leases, create and destroy tasks hold it too.
+pub(crate) struct Inner<M: Manager> {
+    pub(crate) manager: M,
+    pub(crate) state: Mutex<State<M::Instance>>,
+    events: broadcast::Sender<PoolEvent>,
+    /// Wakes the maintenance task when a deadline may have moved closer.
+    wake: Notify,
+    /// Signals a returned lease, a finished create or destroy, for `shutdown`.
+    changed: Notify,
+    /// Whether acquires read the clock (for `max_lifetime` or leak detection).
+    clock_on_acquire: bool,
+    runtime: runtime::Handle,
+}
+
+/// What [`Pool::shutdown`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Acquires that were waiting and got [`Error::ShuttingDown`].
+    pub waiters_rejected: usize,
+    /// Leases held when the shutdown began.
+    pub leases_outstanding: usize,
+    /// Of those, how many were returned before the deadline.
+    pub leases_returned: usize,
+    /// Leases still held at the deadline: their instances are destroyed when they return.
+    pub leases_abandoned: usize,
+    /// Instances destroyed during the shutdown.
+    pub destroyed: u64,
+    /// How long the shutdown took.
+    pub elapsed: Duration,
+}
+
+impl<M: Manager> Pool<M> {
+    /// Starts a pool: validates `config`, then creates `min` instances in the background.
+    ///
+    /// Must be called inside a Tokio runtime, which runs the pool's background work.
+    pub fn new(manager: M, config: PoolConfig) -> Result<Self> {
+        config.validate()?;
+        let runtime = runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let clock_on_acquire = config.max_lifetime.is_some() || config.leak_threshold.is_some();
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let inner = Arc::new(Inner {
+            manager,
+            state: Mutex::new(State::new(config, Instant::now())),
+            events,
+            wake: Notify::new(),
+            changed: Notify::new(),
+            clock_on_acquire,
+            runtime,
+        });
+        let maintenance = inner.runtime.spawn(maintain(inner.clone()));
+        Ok(Self { handle: Arc::new(Handle { inner, maintenance }) })
+    }
+
+    fn inner(&self) -> &Arc<Inner<M>> {
+        &self.handle.inner
+    }
+
+    /// The manager that makes this pool's instances.
+    pub fn manager(&self) -> &M {
+        &self.inner().manager
+    }
+
+    /// Leases an instance at [`Priority::Normal`], waiting at most `acquire_timeout`.
+    pub async fn acquire(&self) -> Result<Lease<M>> {
+        let timeout = self.inner().state.lock().config.acquire_timeout;
+        self.acquire_with(Priority::Normal, timeout).await
+    }
+
+    /// Leases an instance, waiting at most `timeout` behind the waiters of equal or higher
+    /// priority that came first.
+    ///
+    /// Fails at once with [`Error::QueueFull`] when the queue is full and with
+    /// [`Error::ShuttingDown`] once the pool is closing; with [`Error::Create`] when the create
+    /// it was counting on fails; with [`Error::Timeout`] when `timeout` passes.
+    pub async fn acquire_with(&self, priority: Priority, timeout: Duration) -> Result<Lease<M>> {
+        let inner = self.inner();
+        let now = inner.clock_on_acquire.then(Instant::now);
+        let mut effects = Effects::default();
+        let (id, receiver, enqueued) = {
+            let mut state = inner.state.lock();
+            if state.closed {
+                return Err(Error::ShuttingDown);
+            }
+            // Nobody may overtake a waiter: take directly only when the queue is empty.
+            if state.waiting() == 0
+                && let Some(grant) = state.try_take(now, &mut effects)
+            {
+                drop(state);
+                inner.apply(effects);
+                return Ok(Lease::new(inner.clone(), grant));
+            }
+            let enqueued = now.unwrap_or_else(Instant::now);
+            let (id, receiver) = state.enqueue(priority, enqueued)?;
+            effects.creates += state.creates_needed(enqueued);
+            (id, receiver, enqueued)
+        };
+        inner.apply(effects);
+        let waiting = Waiting { inner, priority, id, receiver, enqueued, done: false };
+        waiting.wait(timeout).await
+    }
+
+    /// A snapshot of sizes, counters and wait times.
+    pub fn status(&self) -> PoolStatus {
+        self.inner().state.lock().status()
+    }
+
+    /// The pool's config, with `min` and `max` as last resized.
+    pub fn config(&self) -> PoolConfig {
+        self.inner().state.lock().config.clone()
+    }
+
+    /// Events from now on. A subscriber that falls more than 1024 events behind loses the
+    /// oldest ones.
+    pub fn subscribe(&self) -> broadcast::Receiver<PoolEvent> {
+        self.inner().events.subscribe()
+    }
+
+    /// Changes the limits: growing creates what waiters or the new minimum need; shrinking
+    /// destroys idle instances first and busy ones when their leases return.
+    pub fn resize(&self, min: usize, max: usize) -> Result<()> {
+        validate_size(min, max)?;
+        let inner = self.inner();
+        let mut effects = Effects::default();
+        inner.state.lock().resize(min, max, Instant::now(), &mut effects);
+        inner.apply(effects);
+        Ok(())
+    }
+
+    /// Shuts the pool down: refuses new acquires and fails waiting ones, waits up to `deadline`
+    /// for outstanding leases, and destroys every instance concurrently, each with the
+    /// configured grace period. Leases still held at the deadline are counted as abandoned and
+    /// their instances destroyed when they return. Calling it again waits again.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let inner = self.inner();
+        let started = Instant::now();
+        let mut effects = Effects::default();
+        let (closing, destroyed_before) = {
+            let mut state = inner.state.lock();
+            let destroyed_before = state.counters.destroyed;
+            (state.close(&mut effects), destroyed_before)
+        };
+        inner.apply(effects);
+
+        let leases_returned_in_time =
+            inner.wait_until(|state| state.leased == 0, Some(started + deadline)).await;
+        let leases_abandoned = if leases_returned_in_time { 0 } else { inner.state.lock().leased };
+        inner.wait_until(State::drained, None).await;
+
+        let destroyed = inner.state.lock().counters.destroyed - destroyed_before;
+        ShutdownReport {
+            waiters_rejected: closing.waiters_rejected,
+            leases_outstanding: closing.leases_outstanding,
+            leases_returned: closing.leases_outstanding.saturating_sub(leases_abandoned),
+            leases_abandoned,
+            destroyed,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+impl<M: Manager> Clone for Pool<M> {
+    fn clone(&self) -> Self {
+        Self { handle: self.handle.clone() }
+    }
+}
+
+impl<M: Manager> fmt::Debug for Pool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.status();
+        f.debug_struct("Pool")
+            .field("size", &status.size)
+            .field("leased", &status.leased)
+            .field("waiting", &status.waiting)
+            .field("closed", &status.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Manager> Inner<M> {
+    /// Carries out what the state asked for once its lock was released.
+    pub(crate) fn apply(self: &Arc<Self>, effects: Effects<M::Instance>) {
+        if effects.is_empty() {
+            return;
+        }
+        for _ in 0..effects.creates {
+            self.runtime.spawn(self.clone().create_one());
+        }
+        if !effects.destroy.is_empty() {
+            let grace = self.state.lock().config.destroy_grace;
+            for (id, instance, reason) in effects.destroy {
+                let inner = self.clone();
+                self.runtime.spawn(async move {
+                    match Arc::try_unwrap(instance) {
+                        Ok(instance) => inner.manager.destroy(instance, grace).await,
+                        // Unreachable: an idle instance has no other owner. Dropping it is the
+                        // only safe thing left.
+                        Err(shared) => drop(shared),
+                    }
+                    inner.state.lock().destroying -= 1;
+                    let _ = inner.events.send(PoolEvent::Destroyed { instance: id, reason });
+                    inner.changed.notify_waiters();
+                });
+            }
+        }
+        for (slot, instance) in effects.checks {
+            self.runtime.spawn(self.clone().check_one(slot, instance));
+        }
+        for event in effects.events {
+            let _ = self.events.send(event);
+        }
+        if effects.wake_maintenance {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn create_one(self: Arc<Self>) {
+        let timeout = self.state.lock().config.create_timeout;
+        let result = tokio::time::timeout(timeout, self.manager.create()).await;
+        let now = Instant::now();
+        let mut effects = Effects::default();
+        {
+            let mut state = self.state.lock();
+            match result {
+                Ok(Ok(instance)) => state.created(instance, now, &mut effects),
+                Ok(Err(error)) => {
+                    state.create_failed(
+                        State::<M::Instance>::create_error(error),
+                        now,
+                        &mut effects,
+                    );
+                }
+                Err(_) => state.create_failed(Error::CreateTimeout { timeout }, now, &mut effects),
+            }
+        }
+        self.apply(effects);
+        self.changed.notify_waiters();
+    }
+
+    async fn check_one(self: Arc<Self>, slot: u32, instance: Arc<M::Instance>) {
+        let timeout = self.state.lock().config.health_check_timeout;
+        let failure = match tokio::time::timeout(timeout, self.manager.check(&instance)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("the health check took longer than {timeout:?}")),
+        };
+        drop(instance);
+        let mut effects = Effects::default();
+        self.state.lock().checked(slot, failure, Instant::now(), &mut effects);
+        self.apply(effects);
+        self.changed.notify_waiters();
+    }
+
+    /// A lease came back.
+    pub(crate) fn release(
+        self: &Arc<Self>,
+        slot: u32,
+        instance: Option<Arc<M::Instance>>,
+        broken: bool,
+        record: Option<u32>,
+    ) {
+        let now = Instant::now();
+        let mut effects = Effects::default();
+        let closed = {
+            let mut state = self.state.lock();
+            state.release(slot, instance, broken, record, now, &mut effects);
+            state.closed
+        };
+        self.apply(effects);
+        if closed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Takes a leased instance out of the pool; `false` when another lease shares it.
+    pub(crate) fn detach(self: &Arc<Self>, slot: u32, record: Option<u32>) -> bool {
+        let mut effects = Effects::default();
+        let detached = self.state.lock().detach(slot, record, Instant::now(), &mut effects);
+        self.apply(effects);
+        self.changed.notify_waiters();
+        detached
+    }
+
+    /// Waits until `done` holds or `deadline` passes; says whether `done` held.
+    async fn wait_until(
+        &self,
+        done: impl Fn(&State<M::Instance>) -> bool,
+        deadline: Option<Instant>,
+    ) -> bool {
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            changed.as_mut().enable();
+            if done(&self.state.lock()) {
+                return true;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return done(&self.state.lock());
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// The background work of a pool: warm minimum, idle eviction, lifetimes, health checks,
+/// leak detection and creates after a backoff. Ends when the pool closes; aborted when it is
+/// dropped.
+async fn maintain<M: Manager>(inner: Arc<Inner<M>>) {
+    loop {
+        let mut woken = pin!(inner.wake.notified());
+        woken.as_mut().enable();
+        let mut effects = Effects::default();
+        let (next, closed) = {
+            let mut state = inner.state.lock();
+            (state.maintain(Instant::now(), &mut effects), state.closed)
+        };
+        inner.apply(effects);
+        if closed {
+            return;
+        }
+        match next {
+            Some(at) => {
+                let _ = tokio::time::timeout_at(at, woken).await;
+            }
+            None => woken.await,
+        }
+    }
+}
+
+/// An acquire waiting in the queue. Dropping it (the acquire was cancelled) leaves the queue,
+/// and returns a lease that was granted meanwhile.
+struct Waiting<'a, M: Manager> {
+    inner: &'a Arc<Inner<M>>,
+    priority: Priority,
+    id: u64,
+    receiver: WaiterReceiver<M::Instance>,
+    enqueued: Instant,
+    done: bool,
+}
+
+impl<M: Manager> Waiting<'_, M> {
+    async fn wait(mut self, timeout: Duration) -> Result<Lease<M>> {
+        let outcome = tokio::time::timeout(timeout, &mut self.receiver).await;
+        self.done = true;
+        match outcome {
+            Ok(Ok(result)) => result.map(|grant| Lease::new(self.inner.clone(), grant)),
+            // The queue was dropped with the pool.
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => {
+                let error = {
+                    let mut state = self.inner.state.lock();
+                    state.abandon_wait(self.priority, self.id, true).then(|| Error::Timeout {
+                        waited: self.enqueued.elapsed(),
+                        max: state.config.max,
+                        concurrency: state.config.concurrency,
+                    })
+                };
+                match error {
+                    Some(error) => Err(error),
+                    // Served as the timeout fired: the grant is already here.
+                    None => match self.receiver.try_recv() {
+                        Ok(result) => result.map(|grant| Lease::new(self.inner.clone(), grant)),
+                        Err(_) => Err(Error::ShuttingDown),
+                    },
+                }
+            }
+        }
+    }
+}
+
+impl<M: Manager> Drop for Waiting<'_, M> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let left_queue = self.inner.state.lock().abandon_wait(self.priority, self.id, false);
+        if !left_queue {
+            // Served before the acquire was dropped: give the lease back.
+            if let Ok(Ok(grant)) = self.receiver.try_recv() {
+                drop(Lease::new(self.inner.clone(), grant));
+            }
+        }
+    }
+}
+
+impl<M: Manager> fmt::Debug for Waiting<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiting").field("priority", &self.priority).field("id", &self.id).finish()
+    }
+}

@@ -1,0 +1,839 @@
+//! The bookkeeping of a pool, all under one lock: slots, the available set, the waiter queue,
+//! counters. Nothing here awaits or spawns; what must happen outside the lock is returned as
+//! [`Effects`] for the pool to carry out.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::config::{PoolConfig, Selection};
+use crate::error::{Error, ManagerError, Result};
+use crate::status::{
+    DestroyReason, InstanceId, PoolCounters, PoolEvent, PoolStatus, WaitHistogram,
+};
+
+/// How urgently an acquire wants an instance: waiters of a higher priority are served first,
+/// and in arrival order within a priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Served before everything else.
+    High,
+    /// The priority of [`Pool::acquire`](crate::Pool::acquire).
+    #[default]
+    Normal,
+    /// Served when no other acquire waits.
+    Low,
+}
+
+impl Priority {
+    fn index(self) -> usize {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+/// A lease in the making: everything a [`Lease`](crate::Lease) needs, without its `Drop`.
+#[derive(Debug)]
+pub(crate) struct Grant<T> {
+    pub(crate) slot: u32,
+    pub(crate) id: InstanceId,
+    pub(crate) instance: Arc<T>,
+    /// Whether the lease owns the instance (concurrency 1) rather than sharing it.
+    pub(crate) exclusive: bool,
+    /// The lease's record for leak detection, when that is on.
+    pub(crate) record: Option<u32>,
+}
+
+/// An acquire waiting in the queue.
+#[derive(Debug)]
+struct Waiter<T> {
+    id: u64,
+    enqueued: Instant,
+    sender: oneshot::Sender<Result<Grant<T>>>,
+}
+
+/// The waiter queue: FIFO within each priority.
+#[derive(Debug)]
+struct Waiters<T> {
+    queues: [VecDeque<Waiter<T>>; 3],
+    len: usize,
+    next_id: u64,
+}
+
+impl<T> Waiters<T> {
+    fn new() -> Self {
+        Self { queues: [VecDeque::new(), VecDeque::new(), VecDeque::new()], len: 0, next_id: 0 }
+    }
+
+    fn push(&mut self, priority: Priority, enqueued: Instant) -> (u64, WaiterReceiver<T>) {
+        let (sender, receiver) = oneshot::channel();
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queues[priority.index()].push_back(Waiter { id, enqueued, sender });
+        self.len += 1;
+        (id, receiver)
+    }
+
+    fn pop(&mut self) -> Option<Waiter<T>> {
+        let waiter = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
+        self.len -= 1;
+        Some(waiter)
+    }
+
+    fn remove(&mut self, priority: Priority, id: u64) -> bool {
+        let queue = &mut self.queues[priority.index()];
+        let Some(position) = queue.iter().position(|waiter| waiter.id == id) else {
+            return false;
+        };
+        queue.remove(position);
+        self.len -= 1;
+        true
+    }
+}
+
+/// What a waiting acquire receives: a grant or the error that ended its wait.
+pub(crate) type WaiterReceiver<T> = oneshot::Receiver<Result<Grant<T>>>;
+
+/// One live instance and what the pool knows of it.
+#[derive(Debug)]
+struct Slot<T> {
+    id: InstanceId,
+    /// Held here while idle or shared; an exclusive lease takes it out.
+    instance: Option<Arc<T>>,
+    in_use: usize,
+    uses: u64,
+    created_at: Instant,
+    idle_since: Instant,
+    /// A health check has the instance: it cannot be leased meanwhile.
+    checking: bool,
+    /// Set once the instance must go: no new leases, destroyed when the last one returns.
+    retire: Option<DestroyReason>,
+    /// Whether the slot's index is in `State::available`.
+    in_available: bool,
+}
+
+/// A lease watched for leaks.
+#[derive(Debug)]
+struct LeaseRecord {
+    instance: InstanceId,
+    since: Instant,
+    reported: bool,
+}
+
+/// What the pool must do once the lock is released.
+#[derive(Debug)]
+pub(crate) struct Effects<T> {
+    /// Instances to hand to `Manager::destroy`, with the reason.
+    pub(crate) destroy: Vec<(InstanceId, Arc<T>, DestroyReason)>,
+    /// Creates to start (already counted in `creating`).
+    pub(crate) creates: usize,
+    /// Idle instances to health-check (already marked `checking`).
+    pub(crate) checks: Vec<(u32, Arc<T>)>,
+    pub(crate) events: Vec<PoolEvent>,
+    /// Wake the maintenance task (a deadline may have moved closer).
+    pub(crate) wake_maintenance: bool,
+}
+
+impl<T> Default for Effects<T> {
+    fn default() -> Self {
+        Self {
+            destroy: Vec::new(),
+            creates: 0,
+            checks: Vec::new(),
+            events: Vec::new(),
+            wake_maintenance: false,
+        }
+    }
+}
+
+impl<T> Effects<T> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.destroy.is_empty()
+            && self.creates == 0
+            && self.checks.is_empty()
+            && self.events.is_empty()
+            && !self.wake_maintenance
+    }
+}
+
+/// Counts at the moment the pool closed, for the shutdown report.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Closing {
+    pub(crate) leases_outstanding: usize,
+    pub(crate) waiters_rejected: usize,
+}
+
+/// Everything the pool's lock guards.
+#[derive(Debug)]
+pub(crate) struct State<T> {
+    pub(crate) config: PoolConfig,
+    slots: Vec<Option<Slot<T>>>,
+    free_slots: Vec<u32>,
+    /// Slots that can take a lease, in selection order (the back is the most recent).
+    available: VecDeque<u32>,
+    waiters: Waiters<T>,
+    /// Live slots, counting busy, checking and retiring ones.
+    size: usize,
+    /// Live slots marked to retire.
+    retiring: usize,
+    pub(crate) creating: usize,
+    pub(crate) destroying: usize,
+    pub(crate) leased: usize,
+    consecutive_failures: u32,
+    backoff_until: Option<Instant>,
+    pub(crate) closed: bool,
+    pub(crate) counters: PoolCounters,
+    waits: WaitHistogram,
+    next_instance: u64,
+    lease_records: Vec<Option<LeaseRecord>>,
+    free_records: Vec<u32>,
+    next_health_check: Option<Instant>,
+}
+
+impl<T> State<T> {
+    pub(crate) fn new(config: PoolConfig, now: Instant) -> Self {
+        let next_health_check = config.health_check_interval.map(|interval| now + interval);
+        Self {
+            config,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            available: VecDeque::new(),
+            waiters: Waiters::new(),
+            size: 0,
+            retiring: 0,
+            creating: 0,
+            destroying: 0,
+            leased: 0,
+            consecutive_failures: 0,
+            backoff_until: None,
+            closed: false,
+            counters: PoolCounters::default(),
+            waits: WaitHistogram::default(),
+            next_instance: 0,
+            lease_records: Vec::new(),
+            free_records: Vec::new(),
+            next_health_check,
+        }
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiters.len
+    }
+
+    fn slot(&self, index: u32) -> &Slot<T> {
+        self.slots[index as usize].as_ref().expect("a slot index held by a lease or queue is live")
+    }
+
+    fn slot_mut(&mut self, index: u32) -> &mut Slot<T> {
+        self.slots[index as usize].as_mut().expect("a slot index held by a lease or queue is live")
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Acquire
+
+    /// Takes a lease on an available instance, retiring expired ones on the way.
+    /// `now` is only needed when `max_lifetime` or leak detection is on.
+    pub(crate) fn try_take(
+        &mut self,
+        now: Option<Instant>,
+        effects: &mut Effects<T>,
+    ) -> Option<Grant<T>> {
+        loop {
+            let index = self.pick_available()?;
+            if let (Some(lifetime), Some(now)) = (self.config.max_lifetime, now)
+                && now.duration_since(self.slot(index).created_at) >= lifetime
+            {
+                self.retire(index, DestroyReason::MaxLifetime, effects);
+                continue;
+            }
+            self.waits.record_immediate();
+            let grant = self.lease_slot(index, now);
+            self.refresh_availability(index);
+            return Some(grant);
+        }
+    }
+
+    /// Removes the chosen slot from the available set.
+    fn pick_available(&mut self) -> Option<u32> {
+        let index = match self.config.selection {
+            Selection::MostRecent => self.available.pop_back()?,
+            Selection::RoundRobin => self.available.pop_front()?,
+            Selection::LeastLoaded => {
+                let slots = &self.slots;
+                let load = |index: &u32| slots[*index as usize].as_ref().map_or(0, |s| s.in_use);
+                let (position, _) =
+                    self.available.iter().enumerate().min_by_key(|(_, index)| load(index))?;
+                self.available.remove(position)?
+            }
+        };
+        self.slot_mut(index).in_available = false;
+        Some(index)
+    }
+
+    /// Leases `index`, which can take one more lease and is not in the available set; the
+    /// caller puts it back there when it still has room.
+    fn lease_slot(&mut self, index: u32, now: Option<Instant>) -> Grant<T> {
+        let exclusive = self.config.concurrency == 1;
+        let max_uses = self.config.max_uses;
+        let slot = self.slot_mut(index);
+        slot.in_use += 1;
+        slot.uses += 1;
+        let instance = if exclusive { slot.instance.take() } else { slot.instance.clone() }
+            .expect("a slot that can take a lease holds its instance");
+        let id = slot.id;
+        let used_up = max_uses.is_some_and(|max| slot.uses >= max);
+        if used_up && slot.retire.is_none() {
+            slot.retire = Some(DestroyReason::MaxUses);
+            self.retiring += 1;
+        }
+        self.leased += 1;
+        self.counters.acquired += 1;
+        let record = match (self.config.leak_threshold, now) {
+            (Some(_), Some(since)) => Some(self.add_record(id, since)),
+            _ => None,
+        };
+        Grant { slot: index, id, instance, exclusive, record }
+    }
+
+    fn add_record(&mut self, instance: InstanceId, since: Instant) -> u32 {
+        let record = LeaseRecord { instance, since, reported: false };
+        match self.free_records.pop() {
+            Some(index) => {
+                self.lease_records[index as usize] = Some(record);
+                index
+            }
+            None => {
+                self.lease_records.push(Some(record));
+                (self.lease_records.len() - 1) as u32
+            }
+        }
+    }
+
+    fn can_lease(&self, slot: &Slot<T>) -> bool {
+        slot.retire.is_none()
+            && !slot.checking
+            && slot.in_use < self.config.concurrency
+            && slot.instance.is_some()
+    }
+
+    /// Puts the slot in the available set or takes it out, as its state says.
+    fn refresh_availability(&mut self, index: u32) {
+        let slot = self.slot(index);
+        let should = self.can_lease(slot);
+        match (should, slot.in_available) {
+            (true, false) => {
+                self.available.push_back(index);
+                self.slot_mut(index).in_available = true;
+            }
+            (false, true) => self.take_out_of_available(index),
+            _ => {}
+        }
+    }
+
+    /// Queues an acquire; fails with `QueueFull` when the queue is at its limit.
+    pub(crate) fn enqueue(
+        &mut self,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<(u64, WaiterReceiver<T>)> {
+        if self.waiters.len >= self.config.queue_limit {
+            self.counters.queue_full += 1;
+            return Err(Error::QueueFull { limit: self.config.queue_limit, max: self.config.max });
+        }
+        Ok(self.waiters.push(priority, now))
+    }
+
+    /// Takes a timed-out waiter out of the queue; `false` when it was already served.
+    pub(crate) fn abandon_wait(&mut self, priority: Priority, id: u64, timed_out: bool) -> bool {
+        let removed = self.waiters.remove(priority, id);
+        if removed && timed_out {
+            self.counters.timeouts += 1;
+        }
+        removed
+    }
+
+    /// Hands leases on `index` to waiters while it has room, then updates its availability.
+    fn serve_waiters(&mut self, index: u32, now: Instant) {
+        if self.waiters.len > 0 && self.slot(index).in_available {
+            // Leasing expects the slot out of the available set; it goes back if it has room.
+            self.take_out_of_available(index);
+        }
+        while self.waiters.len > 0 && self.can_lease(self.slot(index)) {
+            let waiter = self.waiters.pop().expect("the queue is not empty");
+            let grant = self.lease_slot(index, Some(now));
+            self.counters.waited += 1;
+            self.waits.record(now.saturating_duration_since(waiter.enqueued));
+            if let Err(Ok(grant)) = waiter.sender.send(Ok(grant)) {
+                // The waiter gave up between leaving the queue and now: take the lease back.
+                self.counters.waited -= 1;
+                self.unlease(grant);
+            }
+        }
+        self.refresh_availability(index);
+    }
+
+    fn take_out_of_available(&mut self, index: u32) {
+        if let Some(position) = self.available.iter().position(|&i| i == index) {
+            self.available.remove(position);
+        }
+        self.slot_mut(index).in_available = false;
+    }
+
+    /// Undoes `lease_slot` for a grant nobody received.
+    fn unlease(&mut self, grant: Grant<T>) {
+        self.counters.acquired -= 1;
+        self.leased -= 1;
+        if let Some(record) = grant.record {
+            self.remove_record(record);
+        }
+        let slot = self.slot_mut(grant.slot);
+        slot.in_use -= 1;
+        slot.uses -= 1;
+        if grant.exclusive {
+            slot.instance = Some(grant.instance);
+        } else {
+            drop(grant.instance);
+        }
+        if slot.retire == Some(DestroyReason::MaxUses) {
+            slot.retire = None;
+            self.retiring -= 1;
+        }
+    }
+
+    fn remove_record(&mut self, record: u32) {
+        self.lease_records[record as usize] = None;
+        self.free_records.push(record);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Release
+
+    /// A lease came back: return the instance, or retire it when it must go.
+    pub(crate) fn release(
+        &mut self,
+        index: u32,
+        instance: Option<Arc<T>>,
+        broken: bool,
+        record: Option<u32>,
+        now: Instant,
+        effects: &mut Effects<T>,
+    ) {
+        self.leased -= 1;
+        if let Some(record) = record {
+            self.remove_record(record);
+        }
+        let slot = self.slot_mut(index);
+        slot.in_use -= 1;
+        if instance.is_some() {
+            slot.instance = instance;
+        }
+        if slot.in_use == 0 {
+            slot.idle_since = now;
+        }
+        if broken {
+            self.mark_retiring(index, DestroyReason::Broken);
+        }
+        self.settle(index, now, effects);
+    }
+
+    /// Decides what becomes of a slot whose leases or check changed: destroy it when it is
+    /// idle and must go, otherwise serve waiters from it.
+    fn settle(&mut self, index: u32, now: Instant, effects: &mut Effects<T>) {
+        let slot = self.slot(index);
+        if slot.in_use == 0 && !slot.checking {
+            let expired = self
+                .config
+                .max_lifetime
+                .is_some_and(|lifetime| now.duration_since(slot.created_at) >= lifetime);
+            let reason = if let Some(reason) = slot.retire {
+                Some(reason)
+            } else if self.closed {
+                Some(DestroyReason::Shutdown)
+            } else if expired {
+                Some(DestroyReason::MaxLifetime)
+            } else if self.size - self.retiring > self.config.max {
+                Some(DestroyReason::Resized)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.retire(index, reason, effects);
+                effects.creates += self.creates_needed(now);
+                return;
+            }
+        }
+        self.serve_waiters(index, now);
+    }
+
+    fn mark_retiring(&mut self, index: u32, reason: DestroyReason) {
+        let slot = self.slot_mut(index);
+        if slot.retire.is_none() {
+            slot.retire = Some(reason);
+            self.retiring += 1;
+        }
+        self.refresh_availability(index);
+    }
+
+    /// Removes an idle slot and queues its instance for destruction.
+    fn retire(&mut self, index: u32, reason: DestroyReason, effects: &mut Effects<T>) {
+        let slot = self.remove_slot(index);
+        debug_assert_eq!(slot.in_use, 0, "only idle instances are destroyed");
+        self.destroying += 1;
+        self.counters.destroyed += 1;
+        // An idle slot always holds its instance: exclusive leases have given it back.
+        if let Some(instance) = slot.instance {
+            effects.destroy.push((slot.id, instance, reason));
+        }
+    }
+
+    /// Takes a slot out of the pool's accounting; the instance goes with it.
+    fn remove_slot(&mut self, index: u32) -> Slot<T> {
+        if self.slot(index).in_available {
+            self.take_out_of_available(index);
+        }
+        let slot = self.slots[index as usize].take().expect("a removed slot is live");
+        if slot.retire.is_some() {
+            self.retiring -= 1;
+        }
+        self.free_slots.push(index);
+        self.size -= 1;
+        slot
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Creates
+
+    /// How many creates to start now for the waiters and the warm minimum; counts them as
+    /// running.
+    pub(crate) fn creates_needed(&mut self, now: Instant) -> usize {
+        if self.closed || self.backoff_until.is_some_and(|until| now < until) {
+            return 0;
+        }
+        let concurrency = self.config.concurrency;
+        let live = self.size - self.retiring;
+        let for_waiters = self.waiters.len.div_ceil(concurrency).saturating_sub(self.creating);
+        let for_min = self.config.min.saturating_sub(live + self.creating);
+        let room = self.config.max.saturating_sub(self.size + self.creating);
+        let parallel = self.config.max_concurrent_creates.saturating_sub(self.creating);
+        let starts = for_waiters.max(for_min).min(room).min(parallel);
+        self.creating += starts;
+        starts
+    }
+
+    /// A create succeeded: add the instance and serve waiters from it.
+    pub(crate) fn created(&mut self, instance: T, now: Instant, effects: &mut Effects<T>) {
+        self.creating -= 1;
+        self.consecutive_failures = 0;
+        self.backoff_until = None;
+        self.counters.created += 1;
+        let id = InstanceId(self.next_instance);
+        self.next_instance += 1;
+        let slot = Slot {
+            id,
+            instance: Some(Arc::new(instance)),
+            in_use: 0,
+            uses: 0,
+            created_at: now,
+            idle_since: now,
+            checking: false,
+            retire: None,
+            in_available: false,
+        };
+        let index = match self.free_slots.pop() {
+            Some(index) => {
+                self.slots[index as usize] = Some(slot);
+                index
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.size += 1;
+        effects.events.push(PoolEvent::Created { instance: id });
+        self.settle(index, now, effects);
+        effects.creates += self.creates_needed(now);
+    }
+
+    /// A create failed: back off, and fail the waiters that were counting on it.
+    pub(crate) fn create_failed(&mut self, error: Error, now: Instant, effects: &mut Effects<T>) {
+        self.creating -= 1;
+        self.consecutive_failures += 1;
+        self.counters.create_failures += 1;
+        let backoff = self.config.backoff_after(self.consecutive_failures);
+        self.backoff_until = Some(now + backoff);
+        // The waiters this create would have served: those beyond what the creates still
+        // running can serve, at most one instance's worth, in service order.
+        let concurrency = self.config.concurrency;
+        let covered = self.creating * concurrency;
+        let counting_on_it = self.waiters.len.saturating_sub(covered).min(concurrency);
+        for _ in 0..counting_on_it {
+            if let Some(waiter) = self.waiters.pop() {
+                let _ = waiter.sender.send(Err(error.clone()));
+            }
+        }
+        let text = match &error {
+            Error::Create(source) => source.to_string(),
+            other => other.to_string(),
+        };
+        effects.events.push(PoolEvent::CreateFailed {
+            error: text,
+            consecutive_failures: self.consecutive_failures,
+            backoff,
+        });
+        effects.wake_maintenance = true;
+    }
+
+    /// The error for a create that failed with the manager's `error`.
+    pub(crate) fn create_error(error: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Create(ManagerError::new(error))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Health checks
+
+    /// A health check ended: destroy the instance if it failed, otherwise put it back to work.
+    pub(crate) fn checked(
+        &mut self,
+        index: u32,
+        failure: Option<String>,
+        now: Instant,
+        effects: &mut Effects<T>,
+    ) {
+        self.slot_mut(index).checking = false;
+        if let Some(error) = failure {
+            self.counters.health_check_failures += 1;
+            let instance = self.slot(index).id;
+            effects.events.push(PoolEvent::HealthCheckFailed { instance, error });
+            self.mark_retiring(index, DestroyReason::HealthCheckFailed);
+        }
+        self.settle(index, now, effects);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Maintenance
+
+    /// Evicts, checks, reports leaks and starts creates as due at `now`; returns when it is due
+    /// next.
+    pub(crate) fn maintain(&mut self, now: Instant, effects: &mut Effects<T>) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let mut next: Option<Instant> = None;
+        let mut due = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+
+        // Retire idle instances past their lifetime, then those idle too long, oldest first,
+        // never going below `min`.
+        let mut idle: Vec<(Instant, u32)> = Vec::new();
+        for index in 0..self.slots.len() as u32 {
+            let Some(slot) = &self.slots[index as usize] else { continue };
+            let idle_now = slot.in_use == 0 && !slot.checking && slot.retire.is_none();
+            let (created_at, idle_since, retiring) =
+                (slot.created_at, slot.idle_since, slot.retire.is_some());
+            if let Some(lifetime) = self.config.max_lifetime {
+                let end = created_at + lifetime;
+                if idle_now && now >= end {
+                    self.retire(index, DestroyReason::MaxLifetime, effects);
+                    continue;
+                }
+                // A busy instance past its lifetime is retired when it comes back, not here.
+                if !retiring && end > now {
+                    due(end);
+                }
+            }
+            if idle_now {
+                idle.push((idle_since, index));
+            }
+        }
+        if let Some(timeout) = self.config.idle_timeout {
+            idle.sort_unstable();
+            for (since, index) in idle {
+                if self.size - self.retiring <= self.config.min {
+                    break;
+                }
+                if now >= since + timeout {
+                    self.retire(index, DestroyReason::IdleTimeout, effects);
+                } else {
+                    due(since + timeout);
+                    break;
+                }
+            }
+            // An instance that goes idle later expires no sooner than this.
+            due(now + timeout);
+        }
+        if let Some(lifetime) = self.config.max_lifetime {
+            due(now + lifetime);
+        }
+
+        // Health checks of idle instances.
+        if let (Some(interval), Some(at)) =
+            (self.config.health_check_interval, self.next_health_check)
+        {
+            if now >= at {
+                for index in 0..self.slots.len() as u32 {
+                    let Some(slot) = &self.slots[index as usize] else { continue };
+                    if slot.in_use == 0 && !slot.checking && slot.retire.is_none() {
+                        let instance =
+                            slot.instance.clone().expect("an idle slot holds its instance");
+                        self.slot_mut(index).checking = true;
+                        self.refresh_availability(index);
+                        effects.checks.push((index, instance));
+                    }
+                }
+                self.next_health_check = Some(now + interval);
+            }
+            due(self.next_health_check.unwrap_or(now + interval));
+        }
+
+        // Leases held too long.
+        if let Some(threshold) = self.config.leak_threshold {
+            for record in self.lease_records.iter_mut().flatten() {
+                if record.reported {
+                    continue;
+                }
+                let held = now.saturating_duration_since(record.since);
+                if held >= threshold {
+                    record.reported = true;
+                    self.counters.leaks_suspected += 1;
+                    effects
+                        .events
+                        .push(PoolEvent::LeakSuspected { instance: record.instance, held });
+                } else {
+                    due(record.since + threshold);
+                }
+            }
+            due(now + threshold);
+        }
+
+        // Creates for the waiters and the warm minimum, after the backoff if one runs.
+        effects.creates += self.creates_needed(now);
+        if let Some(until) = self.backoff_until.filter(|until| now < *until) {
+            let live = self.size - self.retiring + self.creating;
+            if self.waiters.len > 0 || live < self.config.min {
+                due(until);
+            }
+        }
+        next
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Resize, shutdown, status
+
+    /// Changes `min` and `max`: retires idle instances above the new max first, then marks
+    /// busy ones to retire when their leases return.
+    pub(crate) fn resize(
+        &mut self,
+        min: usize,
+        max: usize,
+        now: Instant,
+        effects: &mut Effects<T>,
+    ) {
+        self.config.min = min;
+        self.config.max = max;
+        let mut excess = (self.size - self.retiring).saturating_sub(max);
+        let mut idle: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&index| {
+                self.slots[index as usize]
+                    .as_ref()
+                    .is_some_and(|slot| slot.in_use == 0 && !slot.checking && slot.retire.is_none())
+            })
+            .collect();
+        // The least recently used go first.
+        idle.sort_by_key(|&index| self.slot(index).idle_since);
+        for index in idle {
+            if excess == 0 {
+                break;
+            }
+            self.retire(index, DestroyReason::Resized, effects);
+            excess -= 1;
+        }
+        for index in 0..self.slots.len() as u32 {
+            if excess == 0 {
+                break;
+            }
+            if self.slots[index as usize].as_ref().is_some_and(|slot| slot.retire.is_none()) {
+                self.mark_retiring(index, DestroyReason::Resized);
+                excess -= 1;
+            }
+        }
+        effects.events.push(PoolEvent::Resized { min, max });
+        effects.creates += self.creates_needed(now);
+        effects.wake_maintenance = true;
+    }
+
+    /// Stops taking acquires: fails the waiters, destroys idle instances and marks the rest to
+    /// be destroyed when their leases return or their check ends.
+    pub(crate) fn close(&mut self, effects: &mut Effects<T>) -> Closing {
+        if self.closed {
+            return Closing { leases_outstanding: self.leased, waiters_rejected: 0 };
+        }
+        self.closed = true;
+        let mut waiters_rejected = 0;
+        while let Some(waiter) = self.waiters.pop() {
+            waiters_rejected += 1;
+            let _ = waiter.sender.send(Err(Error::ShuttingDown));
+        }
+        for index in 0..self.slots.len() as u32 {
+            let Some(slot) = &self.slots[index as usize] else { continue };
+            if slot.in_use == 0 && !slot.checking {
+                let reason = slot.retire.unwrap_or(DestroyReason::Shutdown);
+                self.retire(index, reason, effects);
+            } else {
+                self.mark_retiring(index, DestroyReason::Shutdown);
+            }
+        }
+        effects.wake_maintenance = true;
+        Closing { leases_outstanding: self.leased, waiters_rejected }
+    }
+
+    /// Whether everything a shutdown waits for after the leases is done: no create running,
+    /// no destroy running, and no live instance but those still leased.
+    pub(crate) fn drained(&self) -> bool {
+        self.creating == 0
+            && self.destroying == 0
+            && self.slots.iter().flatten().all(|slot| slot.in_use > 0)
+    }
+
+    pub(crate) fn status(&self) -> PoolStatus {
+        let busy = self.slots.iter().flatten().filter(|slot| slot.in_use > 0).count();
+        PoolStatus {
+            min: self.config.min,
+            max: self.config.max,
+            size: self.size,
+            idle: self.size - busy,
+            busy,
+            leased: self.leased,
+            creating: self.creating,
+            waiting: self.waiters.len,
+            closed: self.closed,
+            counters: self.counters.clone(),
+            wait: self.waits.summary(),
+        }
+    }
+
+    /// Takes an instance out of the pool for good, if `index` has no other lease.
+    pub(crate) fn detach(
+        &mut self,
+        index: u32,
+        record: Option<u32>,
+        now: Instant,
+        effects: &mut Effects<T>,
+    ) -> bool {
+        if self.slot(index).in_use != 1 {
+            return false;
+        }
+        // The slot's own reference (shared leases) goes with it.
+        drop(self.remove_slot(index));
+        self.leased -= 1;
+        if let Some(record) = record {
+            self.remove_record(record);
+        }
+        effects.creates += self.creates_needed(now);
+        true
+    }
+}

@@ -1,0 +1,130 @@
+//! A manager for tests that records what the pool asks of it and fails on command.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pool_core::{Manager, PoolEvent};
+use tokio::sync::{Semaphore, broadcast};
+use tokio::time::Instant;
+
+/// The manager's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("test manager: {0}")]
+pub struct TestError(pub String);
+
+/// An instance: the number of the create that made it.
+#[derive(Debug)]
+pub struct TestInstance {
+    pub serial: u64,
+}
+
+/// What the manager saw and what it is told to do.
+#[derive(Debug, Default)]
+pub struct Probe {
+    pub creates_started: AtomicU64,
+    pub created: AtomicU64,
+    /// Serial numbers of destroyed instances, in order, with the grace period given.
+    pub destroyed: Mutex<Vec<(u64, Duration)>>,
+    pub checks: AtomicU64,
+    /// Creates still to fail.
+    pub fail_creates: AtomicU32,
+    /// Serial numbers whose health checks fail.
+    pub failing_checks: Mutex<HashSet<u64>>,
+    /// When each create started.
+    pub create_times: Mutex<Vec<Instant>>,
+    /// When set, each create takes a permit first (tests hold creates back with it).
+    pub create_gate: Mutex<Option<Arc<Semaphore>>>,
+    pub create_delay: Mutex<Duration>,
+    pub destroy_delay: Mutex<Duration>,
+}
+
+impl Probe {
+    pub fn destroyed_serials(&self) -> Vec<u64> {
+        self.destroyed.lock().iter().map(|(serial, _)| *serial).collect()
+    }
+
+    pub fn live(&self) -> u64 {
+        self.created.load(Ordering::SeqCst) - self.destroyed.lock().len() as u64
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TestManager {
+    pub probe: Arc<Probe>,
+}
+
+#[async_trait]
+impl Manager for TestManager {
+    type Instance = TestInstance;
+    type Error = TestError;
+
+    async fn create(&self) -> Result<TestInstance, TestError> {
+        let serial = self.probe.creates_started.fetch_add(1, Ordering::SeqCst);
+        self.probe.create_times.lock().push(Instant::now());
+        let gate = self.probe.create_gate.lock().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.expect("the gate stays open").forget();
+        }
+        let delay = *self.probe.create_delay.lock();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let fail = self
+            .probe
+            .fail_creates
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(TestError(format!("create {serial} refused")));
+        }
+        self.probe.created.fetch_add(1, Ordering::SeqCst);
+        Ok(TestInstance { serial })
+    }
+
+    async fn check(&self, instance: &TestInstance) -> Result<(), TestError> {
+        self.probe.checks.fetch_add(1, Ordering::SeqCst);
+        if self.probe.failing_checks.lock().contains(&instance.serial) {
+            return Err(TestError(format!("instance {} is unwell", instance.serial)));
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, instance: TestInstance, grace: Duration) {
+        let delay = *self.probe.destroy_delay.lock();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.probe.destroyed.lock().push((instance.serial, grace));
+    }
+}
+
+/// Lets background tasks run until `done` holds; panics after ten (virtual) seconds.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Lets every ready task run without moving the clock.
+pub async fn run_ready_tasks() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The events received so far.
+pub fn drain(events: &mut broadcast::Receiver<PoolEvent>) -> Vec<PoolEvent> {
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    seen
+}

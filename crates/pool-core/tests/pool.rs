@@ -1,0 +1,558 @@
+//! The pool's behaviours, one test each, under tokio's paused clock.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{TestError, TestManager, drain, eventually, run_ready_tasks};
+use parking_lot::Mutex;
+use pool_core::{DestroyReason, Error, Pool, PoolConfig, PoolEvent, Priority, Selection};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+fn config() -> PoolConfig {
+    PoolConfig { health_check_interval: None, idle_timeout: None, ..PoolConfig::default() }
+}
+
+fn pool(config: PoolConfig) -> (Pool<TestManager>, TestManager) {
+    let manager = TestManager::default();
+    (Pool::new(manager.clone(), config).expect("a valid config"), manager)
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test(start_paused = true)]
+async fn min_instances_are_created_in_the_background_and_restored() {
+    let (pool, manager) = pool(PoolConfig { min: 2, ..config() });
+    eventually("two warm instances", || pool.status().size == 2).await;
+    assert_eq!(pool.status().idle, 2);
+
+    // A broken instance is destroyed and replaced.
+    let mut lease = pool.acquire().await.unwrap();
+    lease.mark_broken();
+    drop(lease);
+    eventually("the broken instance is replaced", || {
+        manager.probe.created.load(Ordering::SeqCst) == 3 && pool.status().size == 2
+    })
+    .await;
+    assert_eq!(manager.probe.destroyed_serials().len(), 1);
+
+    // After failed creates, the minimum is restored once the backoff has passed.
+    manager.probe.fail_creates.store(2, Ordering::SeqCst);
+    let mut lease = pool.acquire().await.unwrap();
+    lease.mark_broken();
+    drop(lease);
+    eventually("the minimum is restored after two failures", || pool.status().size == 2).await;
+    let status = pool.status();
+    assert_eq!(status.counters.create_failures, 2);
+    assert_eq!(manager.probe.creates_started.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_eviction_never_goes_below_min() {
+    let (pool, _manager) =
+        pool(PoolConfig { min: 1, max: 4, idle_timeout: Some(10 * SECOND), ..config() });
+    let mut events = pool.subscribe();
+    let leases = [
+        pool.acquire().await.unwrap(),
+        pool.acquire().await.unwrap(),
+        pool.acquire().await.unwrap(),
+    ];
+    drop(leases);
+    assert_eq!(pool.status().size, 3);
+
+    tokio::time::sleep(11 * SECOND).await;
+    eventually("eviction down to min", || pool.status().size == 1).await;
+    // Much later, the warm instance is still there.
+    tokio::time::sleep(100 * SECOND).await;
+    assert_eq!(pool.status().size, 1);
+    let evicted = drain(&mut events)
+        .into_iter()
+        .filter(|event| {
+            matches!(event, PoolEvent::Destroyed { reason: DestroyReason::IdleTimeout, .. })
+        })
+        .count();
+    assert_eq!(evicted, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_uses_retires_an_instance_only_once_it_is_idle() {
+    let (pool, manager) = pool(PoolConfig { max_uses: Some(2), ..config() });
+    let first = pool.acquire().await.unwrap();
+    let id = first.id();
+    drop(first);
+    let second = pool.acquire().await.unwrap();
+    assert_eq!(second.id(), id, "the instance serves its second and last use");
+    run_ready_tasks().await;
+    assert!(manager.probe.destroyed_serials().is_empty(), "destroyed under a lease");
+    drop(second);
+    eventually("the used-up instance is destroyed", || manager.probe.destroyed_serials() == [0])
+        .await;
+    let third = pool.acquire().await.unwrap();
+    assert_ne!(third.id(), id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_lifetime_retires_an_instance_only_once_it_is_idle() {
+    let (pool, manager) = pool(PoolConfig { max_lifetime: Some(10 * SECOND), ..config() });
+    let mut events = pool.subscribe();
+    let lease = pool.acquire().await.unwrap();
+    tokio::time::sleep(30 * SECOND).await;
+    assert!(manager.probe.destroyed_serials().is_empty(), "destroyed under a lease");
+    drop(lease);
+    eventually("the old instance is destroyed", || manager.probe.destroyed_serials() == [0]).await;
+    assert!(drain(&mut events).contains(&PoolEvent::Destroyed {
+        instance: pool_core::InstanceId(0),
+        reason: DestroyReason::MaxLifetime,
+    }));
+
+    // An idle instance past its lifetime is retired in the background.
+    drop(pool.acquire().await.unwrap());
+    tokio::time::sleep(11 * SECOND).await;
+    eventually("the idle old instance is destroyed", || {
+        manager.probe.destroyed_serials().len() == 2
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_fifo_within_a_priority_and_by_priority() {
+    let (pool, _manager) = pool(PoolConfig { max: 1, ..config() });
+    let held = pool.acquire().await.unwrap();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (name, priority) in [
+        ("low", Priority::Low),
+        ("normal-1", Priority::Normal),
+        ("high-1", Priority::High),
+        ("normal-2", Priority::Normal),
+        ("high-2", Priority::High),
+    ] {
+        let (pool, served) = (pool.clone(), served.clone());
+        tasks.push(tokio::spawn(async move {
+            let lease = pool.acquire_with(priority, 60 * SECOND).await.unwrap();
+            served.lock().push(name);
+            tokio::time::sleep(SECOND).await;
+            drop(lease);
+        }));
+        run_ready_tasks().await;
+    }
+    assert_eq!(pool.status().waiting, 5);
+    drop(held);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(*served.lock(), ["high-1", "high-2", "normal-1", "normal-2", "low"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_fails_at_once_and_a_long_wait_times_out() {
+    let (pool, _manager) = pool(PoolConfig { max: 1, queue_limit: 1, ..config() });
+    let _held = pool.acquire().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(
+            async move { pool.acquire_with(Priority::Normal, 5 * SECOND).await.map(|_| ()) },
+        )
+    };
+    run_ready_tasks().await;
+
+    let start = Instant::now();
+    let error = pool.acquire().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO, "a full queue must not wait");
+    assert!(matches!(error, Error::QueueFull { limit: 1, max: 1 }), "{error:?}");
+
+    let error = waiter.await.unwrap().unwrap_err();
+    match error {
+        Error::Timeout { waited, max: 1, concurrency: 1 } => assert_eq!(waited, 5 * SECOND),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(error.to_string().contains("within 5s"), "{error}");
+    let counters = pool.status().counters;
+    assert_eq!((counters.queue_full, counters.timeouts), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_failure_reaches_its_waiter_at_once_with_the_managers_error() {
+    let (pool, manager) = pool(config());
+    manager.probe.fail_creates.store(1, Ordering::SeqCst);
+    let start = Instant::now();
+    let error = pool.acquire().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO, "the failure must not wait for a timeout");
+    let Error::Create(source) = &error else { panic!("expected a create error, got {error:?}") };
+    assert_eq!(source.downcast_ref::<TestError>(), Some(&TestError("create 0 refused".into())));
+    let source = std::error::Error::source(&error).expect("the manager's error is the source");
+    assert_eq!(source.to_string(), "test manager: create 0 refused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_create_failures_back_off() {
+    let (pool, manager) = pool(PoolConfig {
+        min: 1,
+        create_backoff: Duration::from_millis(100),
+        create_backoff_max: Duration::from_millis(800),
+        ..config()
+    });
+    manager.probe.fail_creates.store(6, Ordering::SeqCst);
+    eventually("the warm instance after six failures", || pool.status().size == 1).await;
+    let times = manager.probe.create_times.lock().clone();
+    let gaps: Vec<u128> = times.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    assert_eq!(gaps, [100, 200, 400, 800, 800, 800]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_create_is_running_takes_an_instance_returned_meanwhile() {
+    let (pool, manager) = pool(PoolConfig { max: 2, ..config() });
+    let held = pool.acquire().await.unwrap();
+    let returned_id = held.id();
+    let gate = Arc::new(Semaphore::new(0));
+    *manager.probe.create_gate.lock() = Some(gate.clone());
+
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|lease| lease.id()) })
+    };
+    run_ready_tasks().await;
+    assert_eq!(pool.status().creating, 1, "the waiter started a create");
+    drop(held);
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(got, returned_id, "the waiter took the returned instance");
+
+    // The create still finishes and its instance waits, idle.
+    gate.add_permits(1);
+    eventually("the late instance arrives", || pool.status().size == 2).await;
+    assert_eq!(pool.status().idle, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_carries_at_most_concurrency_leases() {
+    let (pool, _manager) = pool(PoolConfig { max: 1, concurrency: 3, ..config() });
+    let leases = [
+        pool.acquire().await.unwrap(),
+        pool.acquire().await.unwrap(),
+        pool.acquire().await.unwrap(),
+    ];
+    assert!(leases.iter().all(|lease| lease.id() == leases[0].id()));
+    assert_eq!(pool.status().leased, 3);
+    let error = pool.acquire_with(Priority::Normal, SECOND).await.unwrap_err();
+    assert!(matches!(error, Error::Timeout { concurrency: 3, .. }), "{error:?}");
+    let [first, ..] = leases;
+    drop(first);
+    let fourth = pool.acquire_with(Priority::Normal, SECOND).await.unwrap();
+    assert_eq!(pool.status().leased, 3);
+    drop(fourth);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_health_check_destroys_and_replaces_the_instance() {
+    let (pool, manager) =
+        pool(PoolConfig { min: 1, health_check_interval: Some(10 * SECOND), ..config() });
+    let mut events = pool.subscribe();
+    eventually("one warm instance", || pool.status().size == 1).await;
+    manager.probe.failing_checks.lock().insert(0);
+    tokio::time::sleep(11 * SECOND).await;
+    eventually("the failing instance is replaced", || {
+        manager.probe.destroyed_serials() == [0] && pool.status().size == 1
+    })
+    .await;
+    let seen = drain(&mut events);
+    assert!(seen.iter().any(|event| matches!(event, PoolEvent::HealthCheckFailed { error, .. } if error.contains("unwell"))), "{seen:?}");
+    assert!(
+        seen.contains(&PoolEvent::Destroyed {
+            instance: pool_core::InstanceId(0),
+            reason: DestroyReason::HealthCheckFailed
+        }),
+        "{seen:?}"
+    );
+    assert_eq!(pool.status().counters.health_check_failures, 1);
+    // The healthy replacement passes its checks and stays.
+    tokio::time::sleep(30 * SECOND).await;
+    assert_eq!(manager.probe.destroyed_serials(), [0]);
+    assert!(manager.probe.checks.load(Ordering::SeqCst) >= 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_held_past_the_leak_threshold_is_reported_once() {
+    let (pool, _manager) = pool(PoolConfig { leak_threshold: Some(5 * SECOND), ..config() });
+    let mut events = pool.subscribe();
+    let leaks = move |events: &mut tokio::sync::broadcast::Receiver<PoolEvent>| {
+        drain(events)
+            .into_iter()
+            .filter(|event| matches!(event, PoolEvent::LeakSuspected { .. }))
+            .collect::<Vec<_>>()
+    };
+    let lease = pool.acquire().await.unwrap();
+    tokio::time::sleep(4 * SECOND).await;
+    assert!(leaks(&mut events).is_empty(), "reported too early");
+    tokio::time::sleep(2 * SECOND).await;
+    run_ready_tasks().await;
+    assert_eq!(
+        leaks(&mut events),
+        [PoolEvent::LeakSuspected { instance: lease.id(), held: 5 * SECOND }]
+    );
+    tokio::time::sleep(60 * SECOND).await;
+    assert!(leaks(&mut events).is_empty(), "reported twice");
+    assert_eq!(pool.status().counters.leaks_suspected, 1);
+    // A lease returned in time is never reported.
+    drop(lease);
+    let quick = pool.acquire().await.unwrap();
+    tokio::time::sleep(4 * SECOND).await;
+    drop(quick);
+    tokio::time::sleep(60 * SECOND).await;
+    assert!(leaks(&mut events).is_empty(), "a returned lease was reported");
+}
+
+#[tokio::test(start_paused = true)]
+async fn resize_up_creates_and_down_retires_idle_instances_first() {
+    let (pool, manager) = pool(PoolConfig { max: 4, ..config() });
+    let mut events = pool.subscribe();
+    pool.resize(3, 4).unwrap();
+    eventually("three instances", || pool.status().size == 3).await;
+
+    let busy = pool.acquire().await.unwrap();
+    pool.resize(0, 1).unwrap();
+    eventually("the idle ones are destroyed", || manager.probe.destroyed_serials().len() == 2)
+        .await;
+    assert_eq!(pool.status().size, 1);
+    assert_eq!(pool.status().busy, 1, "the busy instance stays: it is within the new max");
+    drop(busy);
+    run_ready_tasks().await;
+    assert_eq!(pool.status().size, 1);
+
+    let seen = drain(&mut events);
+    assert!(seen.contains(&PoolEvent::Resized { min: 3, max: 4 }), "{seen:?}");
+    assert!(seen.contains(&PoolEvent::Resized { min: 0, max: 1 }), "{seen:?}");
+    let resized = seen
+        .iter()
+        .filter(|e| matches!(e, PoolEvent::Destroyed { reason: DestroyReason::Resized, .. }))
+        .count();
+    assert_eq!(resized, 2);
+
+    let error = pool.resize(2, 1).unwrap_err();
+    assert!(error.to_string().contains("`min` must not exceed max (1), got 2"), "{error}");
+    assert_eq!(pool.config().max, 1, "a refused resize changes nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn resize_down_retires_a_busy_instance_when_its_lease_returns() {
+    let (pool, manager) = pool(PoolConfig { max: 2, ..config() });
+    let first = pool.acquire().await.unwrap();
+    let second = pool.acquire().await.unwrap();
+    pool.resize(0, 1).unwrap();
+    run_ready_tasks().await;
+    assert!(manager.probe.destroyed_serials().is_empty(), "a busy instance was destroyed");
+    drop(first);
+    eventually("one instance retired on release", || manager.probe.destroyed_serials().len() == 1)
+        .await;
+    drop(second);
+    run_ready_tasks().await;
+    assert_eq!(pool.status().size, 1);
+    assert_eq!(pool.status().idle, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_refuses_acquires_and_waits_for_leases_until_its_deadline() {
+    let (pool, manager) = pool(PoolConfig { max: 4, ..config() });
+    let returned_early = [pool.acquire().await.unwrap(), pool.acquire().await.unwrap()];
+    let returned_late = pool.acquire().await.unwrap();
+    let abandoned = pool.acquire().await.unwrap();
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|_| ()) })
+    };
+    run_ready_tasks().await;
+    assert_eq!(pool.status().waiting, 1);
+
+    let shutdown = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.shutdown(10 * SECOND).await })
+    };
+    run_ready_tasks().await;
+    assert!(matches!(waiting.await.unwrap(), Err(Error::ShuttingDown)));
+    assert!(matches!(pool.acquire().await, Err(Error::ShuttingDown)));
+
+    drop(returned_early);
+    tokio::time::sleep(2 * SECOND).await;
+    drop(returned_late);
+    let report = shutdown.await.unwrap();
+    assert_eq!(report.waiters_rejected, 1);
+    assert_eq!(report.leases_outstanding, 4);
+    assert_eq!(report.leases_returned, 3);
+    assert_eq!(report.leases_abandoned, 1);
+    assert_eq!(report.destroyed, 3);
+    assert_eq!(report.elapsed, 10 * SECOND, "the shutdown waits for leases until its deadline");
+
+    // The abandoned lease's instance is destroyed when it finally returns.
+    drop(abandoned);
+    eventually("everything destroyed", || manager.probe.live() == 0).await;
+    assert_eq!(manager.probe.destroyed_serials().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_destroys_instances_concurrently_with_their_grace_period() {
+    let (pool, manager) = pool(PoolConfig { min: 3, destroy_grace: 7 * SECOND, ..config() });
+    eventually("three warm instances", || pool.status().size == 3).await;
+    *manager.probe.destroy_delay.lock() = SECOND;
+    let mut events = pool.subscribe();
+    let report = pool.shutdown(30 * SECOND).await;
+    assert_eq!(report.destroyed, 3);
+    assert_eq!(report.leases_outstanding, 0);
+    assert_eq!(report.elapsed, SECOND, "three one-second destroys side by side take one second");
+    let destroyed = manager.probe.destroyed.lock().clone();
+    assert_eq!(destroyed.len(), 3);
+    assert!(destroyed.iter().all(|(_, grace)| *grace == 7 * SECOND), "{destroyed:?}");
+    let reasons: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter_map(|event| match event {
+            PoolEvent::Destroyed { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, [DestroyReason::Shutdown; 3]);
+    assert!(pool.status().closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_pool_stops_its_background_task_and_destroys_its_instances() {
+    let manager = TestManager::default();
+    let probe = manager.probe.clone();
+    let pool =
+        Pool::new(manager, PoolConfig { min: 2, health_check_interval: Some(SECOND), ..config() })
+            .unwrap();
+    eventually("two warm instances", || pool.status().size == 2).await;
+    let lease = pool.acquire().await.unwrap();
+    drop(pool);
+    eventually("the idle instance is destroyed", || probe.destroyed.lock().len() == 1).await;
+    drop(lease);
+    eventually("the leased instance is destroyed on return", || probe.live() == 0).await;
+    // Nothing runs any more: no health check, and the manager itself has been dropped.
+    let checks = probe.checks.load(Ordering::SeqCst);
+    tokio::time::sleep(10 * SECOND).await;
+    assert_eq!(probe.checks.load(Ordering::SeqCst), checks);
+    assert_eq!(Arc::strong_count(&probe), 1, "a task still holds the pool");
+}
+
+#[tokio::test(start_paused = true)]
+async fn selection_strategies_pick_the_expected_instance() {
+    for (selection, expected) in [
+        (Selection::MostRecent, [2, 2, 2]),
+        (Selection::RoundRobin, [0, 1, 2]),
+        (Selection::LeastLoaded, [0, 1, 2]),
+    ] {
+        let (pool, _manager) = pool(PoolConfig { selection, ..config() });
+        let leases = [
+            pool.acquire().await.unwrap(),
+            pool.acquire().await.unwrap(),
+            pool.acquire().await.unwrap(),
+        ];
+        // Returned in order 0, 1, 2: the most recent is 2, the longest idle is 0.
+        drop(leases);
+        let mut picked = Vec::new();
+        for _ in 0..3 {
+            let lease = pool.acquire().await.unwrap();
+            picked.push(lease.id().0);
+        }
+        assert_eq!(picked, expected, "{selection:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_loaded_spreads_shared_leases() {
+    let (pool, _manager) =
+        pool(PoolConfig { max: 2, concurrency: 4, selection: Selection::LeastLoaded, ..config() });
+    let warm = [
+        pool.acquire().await.unwrap(),
+        pool.acquire().await.unwrap(),
+        pool.acquire().await.unwrap(),
+        pool.acquire().await.unwrap(),
+        pool.acquire().await.unwrap(),
+    ];
+    drop(warm);
+    let leases: Vec<_> = acquire_many(&pool, 4).await;
+    let on_first = leases.iter().filter(|lease| lease.id().0 == 0).count();
+    assert_eq!(on_first, 2, "four leases over two instances: two each");
+}
+
+async fn acquire_many(pool: &Pool<TestManager>, n: usize) -> Vec<pool_core::Lease<TestManager>> {
+    let mut leases = Vec::new();
+    for _ in 0..n {
+        leases.push(pool.acquire().await.unwrap());
+    }
+    leases
+}
+
+#[tokio::test(start_paused = true)]
+async fn detach_takes_the_instance_out_and_mark_broken_replaces_it() {
+    let (pool, manager) = pool(PoolConfig { min: 1, ..config() });
+    eventually("one warm instance", || pool.status().size == 1).await;
+    let lease = pool.acquire().await.unwrap();
+    let instance = lease.detach().unwrap();
+    assert_eq!(instance.serial, 0);
+    eventually("a replacement for the minimum", || {
+        pool.status().size == 1 && pool.status().idle == 1
+    })
+    .await;
+    assert!(manager.probe.destroyed_serials().is_empty(), "a detached instance is not destroyed");
+    assert_eq!(pool.status().leased, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_acquire_leaves_the_queue() {
+    let (pool, _manager) = pool(PoolConfig { max: 1, ..config() });
+    let held = pool.acquire().await.unwrap();
+    let cancelled = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|_| ()) })
+    };
+    run_ready_tasks().await;
+    assert_eq!(pool.status().waiting, 1);
+    cancelled.abort();
+    run_ready_tasks().await;
+    assert_eq!(pool.status().waiting, 0);
+    drop(held);
+    let again = pool.acquire_with(Priority::Normal, SECOND).await.unwrap();
+    assert_eq!(pool.status().leased, 1);
+    drop(again);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_reports_wait_times() {
+    let (pool, _manager) = pool(PoolConfig { max: 1, ..config() });
+    let held = pool.acquire().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|_| ()) })
+    };
+    tokio::time::sleep(3 * SECOND).await;
+    drop(held);
+    waiter.await.unwrap().unwrap();
+    let status = pool.status();
+    assert_eq!(status.wait.count, 2);
+    assert_eq!(status.wait.max, 3 * SECOND);
+    // Both waited: the first for its create, the second for the first's return.
+    assert_eq!(status.counters.waited, 2);
+    assert_eq!(status.counters.acquired, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_outside_a_runtime_or_with_a_bad_config_is_refused() {
+    let error = Pool::new(TestManager::default(), PoolConfig { max: 0, ..config() }).unwrap_err();
+    assert!(matches!(error, Error::InvalidConfig { field: "max", .. }), "{error:?}");
+    let outside = std::thread::spawn(|| Pool::new(TestManager::default(), config()).map(|_| ()));
+    assert!(matches!(outside.join().unwrap(), Err(Error::NoRuntime)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_timeout_is_reported_as_such() {
+    let (pool, manager) = pool(PoolConfig { create_timeout: 2 * SECOND, ..config() });
+    *manager.probe.create_delay.lock() = 5 * SECOND;
+    let start = Instant::now();
+    let error = pool.acquire().await.unwrap_err();
+    assert!(
+        matches!(error, Error::CreateTimeout { timeout } if timeout == 2 * SECOND),
+        "{error:?}"
+    );
+    assert_eq!(start.elapsed(), 2 * SECOND);
+}
