@@ -248,7 +248,13 @@ impl<T> State<T> {
             if let (Some(lifetime), Some(now)) = (self.config.max_lifetime, now)
                 && now.duration_since(self.slot(index).created_at) >= lifetime
             {
-                self.retire(index, DestroyReason::MaxLifetime, effects);
+                // Too old for another lease: gone now if idle, else once its leases return.
+                if self.slot(index).in_use == 0 {
+                    self.retire(index, DestroyReason::MaxLifetime, effects);
+                    effects.creates += self.creates_needed(now);
+                } else {
+                    self.mark_retiring(index, DestroyReason::MaxLifetime);
+                }
                 continue;
             }
             self.waits.record_immediate();
@@ -807,6 +813,7 @@ impl<T> State<T> {
             size: self.size,
             idle: self.size - busy,
             busy,
+            retiring: self.retiring,
             leased: self.leased,
             creating: self.creating,
             waiting: self.waiters.len,

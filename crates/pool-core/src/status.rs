@@ -15,7 +15,8 @@ impl fmt::Display for InstanceId {
     }
 }
 
-/// Something that happened in a pool, delivered to [`Pool::subscribe`](crate::Pool::subscribe)rs.
+/// Something that happened in a pool, delivered to the receivers of
+/// [`Pool::subscribe`](crate::Pool::subscribe).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PoolEvent {
@@ -97,6 +98,9 @@ pub struct PoolStatus {
     pub idle: usize,
     /// Instances with at least one lease.
     pub busy: usize,
+    /// Instances marked to be destroyed once their leases return (after a resize down, a
+    /// broken lease, max uses or max lifetime); they take no new lease.
+    pub retiring: usize,
     /// Leases held right now.
     pub leased: usize,
     /// Creates running.

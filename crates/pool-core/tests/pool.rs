@@ -556,3 +556,20 @@ async fn a_create_timeout_is_reported_as_such() {
     );
     assert_eq!(start.elapsed(), 2 * SECOND);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_instance_past_its_lifetime_takes_no_new_lease_and_goes_when_free() {
+    let (pool, manager) =
+        pool(PoolConfig { concurrency: 2, max_lifetime: Some(10 * SECOND), ..config() });
+    let old = pool.acquire().await.unwrap();
+    tokio::time::sleep(11 * SECOND).await;
+    let new = pool.acquire().await.unwrap();
+    assert_ne!(new.id(), old.id(), "an instance past its lifetime took a new lease");
+    run_ready_tasks().await;
+    assert!(manager.probe.destroyed_serials().is_empty(), "destroyed under a lease");
+    assert_eq!(pool.status().retiring, 1);
+    drop(old);
+    eventually("the old instance goes once free", || manager.probe.destroyed_serials() == [0])
+        .await;
+    assert_eq!(pool.status().retiring, 0);
+}

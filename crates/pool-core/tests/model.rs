@@ -1,0 +1,221 @@
+//! Property test: random sequences of pool operations, checked against a simple model.
+//!
+//! Each case runs on its own current-thread runtime with a paused clock, so time only moves
+//! when the sequence says so (or when every task is idle), and a case is deterministic.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{TestManager, run_ready_tasks};
+use parking_lot::Mutex;
+use pool_core::{Error, Lease, Pool, PoolConfig, Priority};
+use proptest::prelude::*;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Start an acquire (in its own task) that waits at most this many milliseconds.
+    Acquire {
+        priority: Priority,
+        timeout_ms: u64,
+    },
+    /// Return the n-th held lease (modulo the number held).
+    Release(usize),
+    /// Mark the n-th held lease broken and return it.
+    MarkBroken(usize),
+    /// Make the next create fail.
+    FailNextCreate,
+    /// Let this many milliseconds pass.
+    Advance(u64),
+    Resize {
+        min: usize,
+        max: usize,
+    },
+    /// Shut down with this deadline in milliseconds, leases still held.
+    Shutdown(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let priority = prop_oneof![Just(Priority::High), Just(Priority::Normal), Just(Priority::Low)];
+    prop_oneof![
+        6 => (priority, 0..3_000u64).prop_map(|(priority, timeout_ms)| Op::Acquire { priority, timeout_ms }),
+        4 => any::<usize>().prop_map(Op::Release),
+        1 => any::<usize>().prop_map(Op::MarkBroken),
+        1 => Just(Op::FailNextCreate),
+        3 => (1..2_500u64).prop_map(Op::Advance),
+        1 => (0..4usize, 1..5usize).prop_map(|(min, max)| Op::Resize { min: min.min(max), max }),
+        1 => (0..2_000u64).prop_map(Op::Shutdown),
+    ]
+}
+
+fn pool_config() -> impl Strategy<Value = PoolConfig> {
+    (1..4usize, 1..5usize, 0..5usize, 0..6usize, proptest::option::of(1..4u64), any::<bool>())
+        .prop_map(|(concurrency, max, min, queue_limit, max_uses, idle)| PoolConfig {
+            min: min.min(max),
+            max,
+            concurrency,
+            queue_limit,
+            max_uses,
+            acquire_timeout: Duration::from_secs(1),
+            create_timeout: Duration::from_secs(1),
+            create_backoff: Duration::from_millis(50),
+            create_backoff_max: Duration::from_millis(400),
+            idle_timeout: idle.then_some(Duration::from_millis(700)),
+            max_lifetime: Some(Duration::from_secs(5)),
+            health_check_interval: Some(Duration::from_millis(900)),
+            leak_threshold: Some(Duration::from_secs(2)),
+            ..PoolConfig::default()
+        })
+}
+
+/// What the acquires did, as the model sees it.
+#[derive(Default)]
+struct Record {
+    held: Vec<Lease<TestManager>>,
+    /// (started, ended, timeout) of every finished acquire.
+    finished: Vec<(Instant, Instant, Duration)>,
+    started: usize,
+}
+
+fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        let manager = TestManager::default();
+        let probe = manager.probe.clone();
+        let pool = Pool::new(manager, config.clone()).expect("a valid config");
+        let record = Arc::new(Mutex::new(Record::default()));
+        let mut closed = false;
+
+        for op in ops {
+            match op {
+                Op::Acquire { priority, timeout_ms } => {
+                    let (pool, record) = (pool.clone(), record.clone());
+                    record.lock().started += 1;
+                    tokio::spawn(async move {
+                        let timeout = Duration::from_millis(timeout_ms);
+                        let started = Instant::now();
+                        let result = pool.acquire_with(priority, timeout).await;
+                        let mut record = record.lock();
+                        record.finished.push((started, Instant::now(), timeout));
+                        match result {
+                            Ok(lease) => record.held.push(lease),
+                            Err(Error::QueueFull { .. } | Error::Timeout { .. }) => {}
+                            Err(Error::Create(_) | Error::CreateTimeout { .. }) => {}
+                            Err(Error::ShuttingDown) => {}
+                            Err(other) => panic!("unexpected acquire error: {other}"),
+                        }
+                    });
+                }
+                Op::Release(n) | Op::MarkBroken(n) => {
+                    let lease = {
+                        let mut record = record.lock();
+                        let len = record.held.len();
+                        (len > 0).then(|| record.held.swap_remove(n % len))
+                    };
+                    if let Some(mut lease) = lease {
+                        if matches!(op, Op::MarkBroken(_)) {
+                            lease.mark_broken();
+                        }
+                        drop(lease);
+                    }
+                }
+                Op::FailNextCreate => {
+                    probe.fail_creates.fetch_add(1, Ordering::SeqCst);
+                }
+                Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                Op::Resize { min, max } => pool.resize(min, max).expect("a valid size"),
+                Op::Shutdown(ms) => {
+                    let pool = pool.clone();
+                    tokio::spawn(async move { pool.shutdown(Duration::from_millis(ms)).await });
+                    closed = true;
+                }
+            }
+            run_ready_tasks().await;
+            check_invariants(&pool, &record.lock(), closed)?;
+        }
+
+        // Shut down for good, return every lease, and let everything finish.
+        let shutdown = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
+        };
+        run_ready_tasks().await;
+        let held = std::mem::take(&mut record.lock().held);
+        drop(held);
+        let report = shutdown.await.expect("shutdown finishes");
+        prop_assert_eq!(report.leases_abandoned, 0);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        run_ready_tasks().await;
+
+        // Every acquire ended, and none later than its timeout.
+        let record = record.lock();
+        prop_assert_eq!(record.finished.len(), record.started, "an acquire never completed");
+        for (started, ended, timeout) in &record.finished {
+            prop_assert!(*ended - *started <= *timeout, "an acquire outlived its timeout");
+        }
+        // Every created instance was destroyed exactly once.
+        let destroyed = probe.destroyed_serials();
+        let unique: BTreeSet<u64> = destroyed.iter().copied().collect();
+        prop_assert_eq!(unique.len(), destroyed.len(), "an instance was destroyed twice");
+        prop_assert_eq!(destroyed.len() as u64, probe.created.load(Ordering::SeqCst));
+        let status = pool.status();
+        prop_assert_eq!((status.size, status.leased, status.creating), (0, 0, 0));
+        Ok(())
+    })
+}
+
+fn check_invariants(
+    pool: &Pool<TestManager>,
+    record: &Record,
+    closed: bool,
+) -> Result<(), TestCaseError> {
+    let status = pool.status();
+    let config = pool.config();
+    // Never above max: instances that take leases, plus creates, fit in `max`; instances
+    // over it after a resize down only wait for their leases to return.
+    prop_assert!(
+        status.size - status.retiring + status.creating <= config.max,
+        "above max: {status:?}"
+    );
+    prop_assert_eq!(status.leased, record.held.len());
+    let mut per_instance: BTreeMap<u64, usize> = BTreeMap::new();
+    for lease in &record.held {
+        *per_instance.entry(lease.id().0).or_default() += 1;
+    }
+    for (instance, leases) in per_instance {
+        prop_assert!(
+            leases <= config.concurrency,
+            "instance {instance} carries {leases} leases, concurrency {}",
+            config.concurrency
+        );
+    }
+    if closed {
+        prop_assert_eq!(status.waiting, 0, "waiters left after shutdown");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 200,
+        // Failures are printed with their minimal case; nothing is written to the tree.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_operations_keep_the_pool_invariants(
+        config in pool_config(),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        run_case(config, ops)?;
+    }
+}
