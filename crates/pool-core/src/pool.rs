@@ -57,6 +57,8 @@ pub(crate) struct Inner<M: Manager> {
     changed: Notify,
     /// Whether acquires read the clock (for `max_lifetime` or leak detection).
     clock_on_acquire: bool,
+    /// The configured `acquire_timeout`, readable without the lock.
+    acquire_timeout: Duration,
     runtime: runtime::Handle,
 }
 
@@ -85,6 +87,7 @@ impl<M: Manager> Pool<M> {
         config.validate()?;
         let runtime = runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let clock_on_acquire = config.max_lifetime.is_some() || config.leak_threshold.is_some();
+        let acquire_timeout = config.acquire_timeout;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let inner = Arc::new(Inner {
             manager,
@@ -93,6 +96,7 @@ impl<M: Manager> Pool<M> {
             wake: Notify::new(),
             changed: Notify::new(),
             clock_on_acquire,
+            acquire_timeout,
             runtime,
         });
         let maintenance = inner.runtime.spawn(maintain(inner.clone()));
@@ -110,8 +114,7 @@ impl<M: Manager> Pool<M> {
 
     /// Leases an instance at [`Priority::Normal`], waiting at most `acquire_timeout`.
     pub async fn acquire(&self) -> Result<Lease<M>> {
-        let timeout = self.inner().state.lock().config.acquire_timeout;
-        self.acquire_with(Priority::Normal, timeout).await
+        self.acquire_with(Priority::Normal, self.inner().acquire_timeout).await
     }
 
     /// Leases an instance, waiting at most `timeout` behind the waiters of equal or higher
