@@ -172,8 +172,7 @@ pub(crate) struct Closing {
 #[derive(Debug)]
 pub(crate) struct State<T> {
     pub(crate) config: PoolConfig,
-    slots: Vec<Option<Slot<T>>>,
-    free_slots: Vec<u32>,
+    slots: Slab<Slot<T>>,
     /// Slots that can take a lease, in selection order (the back is the most recent).
     available: VecDeque<u32>,
     waiters: Waiters<T>,
@@ -190,8 +189,7 @@ pub(crate) struct State<T> {
     pub(crate) counters: PoolCounters,
     waits: WaitHistogram,
     next_instance: u64,
-    lease_records: Vec<Option<LeaseRecord>>,
-    free_records: Vec<u32>,
+    lease_records: Slab<LeaseRecord>,
     next_health_check: Option<Instant>,
 }
 
@@ -200,8 +198,7 @@ impl<T> State<T> {
         let next_health_check = config.health_check_interval.map(|interval| now + interval);
         Self {
             config,
-            slots: Vec::new(),
-            free_slots: Vec::new(),
+            slots: Slab::default(),
             available: VecDeque::new(),
             waiters: Waiters::new(),
             size: 0,
@@ -215,8 +212,7 @@ impl<T> State<T> {
             counters: PoolCounters::default(),
             waits: WaitHistogram::default(),
             next_instance: 0,
-            lease_records: Vec::new(),
-            free_records: Vec::new(),
+            lease_records: Slab::default(),
             next_health_check,
         }
     }
@@ -226,11 +222,11 @@ impl<T> State<T> {
     }
 
     fn slot(&self, index: u32) -> &Slot<T> {
-        self.slots[index as usize].as_ref().expect("a slot index held by a lease or queue is live")
+        self.slots.get(index).expect("a slot index held by a lease or queue is live")
     }
 
     fn slot_mut(&mut self, index: u32) -> &mut Slot<T> {
-        self.slots[index as usize].as_mut().expect("a slot index held by a lease or queue is live")
+        self.slots.get_mut(index).expect("a slot index held by a lease or queue is live")
     }
 
     // -----------------------------------------------------------------------------------------
@@ -271,7 +267,7 @@ impl<T> State<T> {
             Selection::RoundRobin => self.available.pop_front()?,
             Selection::LeastLoaded => {
                 let slots = &self.slots;
-                let load = |index: &u32| slots[*index as usize].as_ref().map_or(0, |s| s.in_use);
+                let load = |index: &u32| slots.get(*index).map_or(0, |slot| slot.in_use);
                 let (position, _) =
                     self.available.iter().enumerate().min_by_key(|(_, index)| load(index))?;
                 self.available.remove(position)?
@@ -307,17 +303,7 @@ impl<T> State<T> {
     }
 
     fn add_record(&mut self, instance: InstanceId, since: Instant) -> u32 {
-        let record = LeaseRecord { instance, since, reported: false };
-        match self.free_records.pop() {
-            Some(index) => {
-                self.lease_records[index as usize] = Some(record);
-                index
-            }
-            None => {
-                self.lease_records.push(Some(record));
-                (self.lease_records.len() - 1) as u32
-            }
-        }
+        self.lease_records.insert(LeaseRecord { instance, since, reported: false })
     }
 
     fn can_lease(&self, slot: &Slot<T>) -> bool {
@@ -412,8 +398,7 @@ impl<T> State<T> {
     }
 
     fn remove_record(&mut self, record: u32) {
-        self.lease_records[record as usize] = None;
-        self.free_records.push(record);
+        self.lease_records.remove(record);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -502,11 +487,10 @@ impl<T> State<T> {
         if self.slot(index).in_available {
             self.take_out_of_available(index);
         }
-        let slot = self.slots[index as usize].take().expect("a removed slot is live");
+        let slot = self.slots.remove(index).expect("a removed slot is live");
         if slot.retire.is_some() {
             self.retiring -= 1;
         }
-        self.free_slots.push(index);
         self.size -= 1;
         slot
     }
@@ -550,16 +534,7 @@ impl<T> State<T> {
             retire: None,
             in_available: false,
         };
-        let index = match self.free_slots.pop() {
-            Some(index) => {
-                self.slots[index as usize] = Some(slot);
-                index
-            }
-            None => {
-                self.slots.push(Some(slot));
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let index = self.slots.insert(slot);
         self.size += 1;
         effects.events.push(PoolEvent::Created { instance: id });
         self.settle(index, now, effects);
@@ -636,8 +611,8 @@ impl<T> State<T> {
         // Retire idle instances past their lifetime, then those idle too long, oldest first,
         // never going below `min`.
         let mut idle: Vec<(Instant, u32)> = Vec::new();
-        for index in 0..self.slots.len() as u32 {
-            let Some(slot) = &self.slots[index as usize] else { continue };
+        for index in self.slots.indices() {
+            let Some(slot) = self.slots.get(index) else { continue };
             let idle_now = slot.in_use == 0 && !slot.checking && slot.retire.is_none();
             let (created_at, idle_since, retiring) =
                 (slot.created_at, slot.idle_since, slot.retire.is_some());
@@ -681,8 +656,8 @@ impl<T> State<T> {
             (self.config.health_check_interval, self.next_health_check)
         {
             if now >= at {
-                for index in 0..self.slots.len() as u32 {
-                    let Some(slot) = &self.slots[index as usize] else { continue };
+                for index in self.slots.indices() {
+                    let Some(slot) = self.slots.get(index) else { continue };
                     if slot.in_use == 0 && !slot.checking && slot.retire.is_none() {
                         let instance =
                             slot.instance.clone().expect("an idle slot holds its instance");
@@ -698,7 +673,7 @@ impl<T> State<T> {
 
         // Leases held too long.
         if let Some(threshold) = self.config.leak_threshold {
-            for record in self.lease_records.iter_mut().flatten() {
+            for record in self.lease_records.iter_mut() {
                 if record.reported {
                     continue;
                 }
@@ -742,10 +717,12 @@ impl<T> State<T> {
         self.config.min = min;
         self.config.max = max;
         let mut excess = (self.size - self.retiring).saturating_sub(max);
-        let mut idle: Vec<u32> = (0..self.slots.len() as u32)
+        let mut idle: Vec<u32> = self
+            .slots
+            .indices()
             .filter(|&index| {
-                self.slots[index as usize]
-                    .as_ref()
+                self.slots
+                    .get(index)
                     .is_some_and(|slot| slot.in_use == 0 && !slot.checking && slot.retire.is_none())
             })
             .collect();
@@ -758,11 +735,11 @@ impl<T> State<T> {
             self.retire(index, DestroyReason::Resized, effects);
             excess -= 1;
         }
-        for index in 0..self.slots.len() as u32 {
+        for index in self.slots.indices() {
             if excess == 0 {
                 break;
             }
-            if self.slots[index as usize].as_ref().is_some_and(|slot| slot.retire.is_none()) {
+            if self.slots.get(index).is_some_and(|slot| slot.retire.is_none()) {
                 self.mark_retiring(index, DestroyReason::Resized);
                 excess -= 1;
             }
@@ -784,8 +761,8 @@ impl<T> State<T> {
             waiters_rejected += 1;
             let _ = waiter.sender.send(Err(Error::ShuttingDown));
         }
-        for index in 0..self.slots.len() as u32 {
-            let Some(slot) = &self.slots[index as usize] else { continue };
+        for index in self.slots.indices() {
+            let Some(slot) = self.slots.get(index) else { continue };
             if slot.in_use == 0 && !slot.checking {
                 let reason = slot.retire.unwrap_or(DestroyReason::Shutdown);
                 self.retire(index, reason, effects);
@@ -800,13 +777,11 @@ impl<T> State<T> {
     /// Whether everything a shutdown waits for after the leases is done: no create running,
     /// no destroy running, and no live instance but those still leased.
     pub(crate) fn drained(&self) -> bool {
-        self.creating == 0
-            && self.destroying == 0
-            && self.slots.iter().flatten().all(|slot| slot.in_use > 0)
+        self.creating == 0 && self.destroying == 0 && self.slots.iter().all(|slot| slot.in_use > 0)
     }
 
     pub(crate) fn status(&self) -> PoolStatus {
-        let busy = self.slots.iter().flatten().filter(|slot| slot.in_use > 0).count();
+        let busy = self.slots.iter().filter(|slot| slot.in_use > 0).count();
         PoolStatus {
             min: self.config.min,
             max: self.config.max,
@@ -842,5 +817,60 @@ impl<T> State<T> {
         }
         effects.creates += self.creates_needed(now);
         true
+    }
+}
+
+/// A vector of entries addressed by index, reusing freed indices.
+#[derive(Debug)]
+struct Slab<T> {
+    entries: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Self { entries: Vec::new(), free: Vec::new() }
+    }
+}
+
+impl<T> Slab<T> {
+    fn insert(&mut self, value: T) -> u32 {
+        match self.free.pop() {
+            Some(index) => {
+                self.entries[index as usize] = Some(value);
+                index
+            }
+            None => {
+                self.entries.push(Some(value));
+                (self.entries.len() - 1) as u32
+            }
+        }
+    }
+
+    fn remove(&mut self, index: u32) -> Option<T> {
+        let value = self.entries.get_mut(index as usize)?.take()?;
+        self.free.push(index);
+        Some(value)
+    }
+
+    fn get(&self, index: u32) -> Option<&T> {
+        self.entries.get(index as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, index: u32) -> Option<&mut T> {
+        self.entries.get_mut(index as usize)?.as_mut()
+    }
+
+    /// Every index that may hold an entry; `get` says which do.
+    fn indices(&self) -> std::ops::Range<u32> {
+        0..self.entries.len() as u32
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.entries.iter_mut().flatten()
     }
 }
