@@ -1,8 +1,10 @@
 //! [`Pool`]: the async side of the engine — acquires, background work, shutdown.
 
 use std::fmt;
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -15,7 +17,7 @@ use crate::config::{PoolConfig, validate_size};
 use crate::error::{Error, Result};
 use crate::lease::Lease;
 use crate::manager::Manager;
-use crate::state::{Effects, Priority, State, WaiterReceiver};
+use crate::state::{Effects, Grant, Outcome, Priority, State, WaiterId};
 use crate::status::{PoolEvent, PoolStatus};
 
 /// Events kept for a subscriber that falls behind; older ones are dropped for it (it then
@@ -126,28 +128,7 @@ impl<M: Manager> Pool<M> {
     pub async fn acquire_with(&self, priority: Priority, timeout: Duration) -> Result<Lease<M>> {
         let inner = self.inner();
         let now = inner.clock_on_acquire.then(Instant::now);
-        let mut effects = Effects::default();
-        let (id, receiver, enqueued) = {
-            let mut state = inner.state.lock();
-            if state.closed {
-                return Err(Error::ShuttingDown);
-            }
-            // Nobody may overtake a waiter: take directly only when the queue is empty.
-            if state.waiting() == 0
-                && let Some(grant) = state.try_take(now, &mut effects)
-            {
-                drop(state);
-                inner.apply(effects);
-                return Ok(Lease::new(inner.clone(), grant));
-            }
-            let enqueued = now.unwrap_or_else(Instant::now);
-            let (id, receiver) = state.enqueue(priority, enqueued)?;
-            effects.creates += state.creates_needed(enqueued);
-            (id, receiver, enqueued)
-        };
-        inner.apply(effects);
-        let waiting = Waiting { inner, priority, id, receiver, enqueued, done: false };
-        waiting.wait(timeout).await
+        Acquire { inner, stage: Stage::Start { priority, timeout, now } }.await
     }
 
     /// A snapshot of sizes, counters and wait times.
@@ -261,6 +242,11 @@ impl<M: Manager> Inner<M> {
         }
         if effects.wake_maintenance {
             self.wake.notify_one();
+        }
+        // Outcomes go out after the lock is released; a grant whose acquire was dropped
+        // meanwhile comes back.
+        for grant in effects.deliveries.send_all() {
+            drop(Lease::new(self.clone(), grant));
         }
     }
 
@@ -380,64 +366,87 @@ async fn maintain<M: Manager>(inner: Arc<Inner<M>>) {
     }
 }
 
-/// An acquire waiting in the queue. Dropping it (the acquire was cancelled) leaves the queue,
-/// and returns a lease that was granted meanwhile.
-struct Waiting<'a, M: Manager> {
+/// An acquire in progress. Its first poll takes an instance or joins the queue, in one lock;
+/// once queued, it waits on the receiver of its outcome — a grant, or the error that ended its
+/// wait — without touching the lock. Dropping it while queued leaves the queue, or returns a
+/// grant that arrived and was never collected.
+struct Acquire<'a, M: Manager> {
     inner: &'a Arc<Inner<M>>,
-    priority: Priority,
-    id: u64,
-    receiver: WaiterReceiver<M::Instance>,
-    enqueued: Instant,
-    done: bool,
+    stage: Stage<M::Instance>,
 }
 
-impl<M: Manager> Waiting<'_, M> {
-    async fn wait(mut self, timeout: Duration) -> Result<Lease<M>> {
-        let outcome = tokio::time::timeout(timeout, &mut self.receiver).await;
-        self.done = true;
-        match outcome {
-            Ok(Ok(result)) => result.map(|grant| Lease::new(self.inner.clone(), grant)),
-            // The queue was dropped with the pool.
-            Ok(Err(_)) => Err(Error::ShuttingDown),
-            Err(_) => {
-                let error = {
-                    let mut state = self.inner.state.lock();
-                    state.abandon_wait(self.priority, self.id, true).then(|| Error::Timeout {
-                        waited: self.enqueued.elapsed(),
-                        max: state.config.max,
-                        concurrency: state.config.concurrency,
-                    })
-                };
-                match error {
-                    Some(error) => Err(error),
-                    // Served as the timeout fired: the grant is already here.
-                    None => match self.receiver.try_recv() {
-                        Ok(result) => result.map(|grant| Lease::new(self.inner.clone(), grant)),
-                        Err(_) => Err(Error::ShuttingDown),
-                    },
+enum Stage<T> {
+    Start { priority: Priority, timeout: Duration, now: Option<Instant> },
+    Queued { id: WaiterId, outcome: Outcome<T> },
+    Done,
+}
+
+impl<M: Manager> Future for Acquire<'_, M> {
+    type Output = Result<Lease<M>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Stage::Start { priority, timeout, now } = this.stage {
+            let mut effects = Effects::default();
+            let taken = {
+                let mut state = this.inner.state.lock();
+                if state.closed {
+                    Err(Error::ShuttingDown)
+                } else if let Some(grant) =
+                    // Nobody may overtake a waiter: take directly only when none waits.
+                    (state.waiting() == 0)
+                        .then(|| state.try_take(now, &mut effects))
+                        .flatten()
+                {
+                    Ok(Some(grant))
+                } else {
+                    let now = now.unwrap_or_else(Instant::now);
+                    state.enqueue(priority, now, now + timeout, &mut effects).map(
+                        |(id, outcome)| {
+                            this.stage = Stage::Queued { id, outcome };
+                            None
+                        },
+                    )
                 }
+            };
+            this.inner.apply(effects);
+            match taken {
+                Ok(Some(grant)) => return this.finish(Ok(grant)),
+                Err(error) => return this.finish(Err(error)),
+                Ok(None) => {}
             }
+        }
+        match &mut this.stage {
+            Stage::Queued { outcome, .. } => match Pin::new(outcome).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(outcome)) => this.finish(outcome),
+                // The sender is dropped unsent only with the pool's state.
+                Poll::Ready(Err(_)) => this.finish(Err(Error::ShuttingDown)),
+            },
+            Stage::Start { .. } | Stage::Done => this.finish(Err(Error::ShuttingDown)),
         }
     }
 }
 
-impl<M: Manager> Drop for Waiting<'_, M> {
+impl<M: Manager> Acquire<'_, M> {
+    fn finish(&mut self, outcome: Result<Grant<M::Instance>>) -> Poll<Result<Lease<M>>> {
+        self.stage = Stage::Done;
+        Poll::Ready(outcome.map(|grant| Lease::new(self.inner.clone(), grant)))
+    }
+}
+
+impl<M: Manager> Drop for Acquire<'_, M> {
     fn drop(&mut self) {
-        if self.done {
+        let Stage::Queued { id, outcome } = &mut self.stage else { return };
+        if self.inner.state.lock().abandon_wait(*id) {
             return;
         }
-        let left_queue = self.inner.state.lock().abandon_wait(self.priority, self.id, false);
-        if !left_queue {
-            // Served before the acquire was dropped: give the lease back.
-            if let Ok(Ok(grant)) = self.receiver.try_recv() {
-                drop(Lease::new(self.inner.clone(), grant));
-            }
+        // Served already: the outcome is in the receiver, or the pool is about to send it.
+        // Closing first makes a later send fail, so the pool takes that grant back itself;
+        // one sent before is collected here.
+        outcome.close();
+        if let Ok(Ok(grant)) = outcome.try_recv() {
+            drop(Lease::new(self.inner.clone(), grant));
         }
-    }
-}
-
-impl<M: Manager> fmt::Debug for Waiting<'_, M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Waiting").field("priority", &self.priority).field("id", &self.id).finish()
     }
 }

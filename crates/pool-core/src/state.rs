@@ -49,55 +49,119 @@ pub(crate) struct Grant<T> {
     pub(crate) record: Option<u32>,
 }
 
-/// An acquire waiting in the queue.
+/// The waiter queue: FIFO within each priority. A waiter's cell holds its deadline and the
+/// sender of its outcome; the outcome is sent once the lock is released (see [`Deliveries`]),
+/// so a woken acquire collects it without taking the lock again.
 #[derive(Debug)]
-struct Waiter<T> {
-    id: u64,
+struct Waiters<T> {
+    queues: [VecDeque<u32>; 3],
+    cells: Slab<WaiterCell<T>>,
+    next_token: u64,
+}
+
+/// One waiting acquire.
+#[derive(Debug)]
+struct WaiterCell<T> {
+    priority: Priority,
+    /// Tells this waiter from a later one that reuses its cell.
+    token: u64,
     enqueued: Instant,
+    deadline: Instant,
     sender: oneshot::Sender<Result<Grant<T>>>,
 }
 
-/// The waiter queue: FIFO within each priority.
-#[derive(Debug)]
-struct Waiters<T> {
-    queues: [VecDeque<Waiter<T>>; 3],
-    len: usize,
-    next_id: u64,
+/// Identifies a queued acquire: its cell and the token it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WaiterId {
+    cell: u32,
+    token: u64,
 }
+
+/// What a queued acquire receives: its lease, or the error that ended its wait.
+pub(crate) type Outcome<T> = oneshot::Receiver<Result<Grant<T>>>;
+
+/// An outcome on its way to the acquire that waits for it.
+type Delivery<T> = (oneshot::Sender<Result<Grant<T>>>, Result<Grant<T>>);
 
 impl<T> Waiters<T> {
     fn new() -> Self {
-        Self { queues: [VecDeque::new(), VecDeque::new(), VecDeque::new()], len: 0, next_id: 0 }
+        Self {
+            queues: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
+            cells: Slab::default(),
+            next_token: 0,
+        }
     }
 
-    fn push(&mut self, priority: Priority, enqueued: Instant) -> (u64, WaiterReceiver<T>) {
+    fn push(
+        &mut self,
+        priority: Priority,
+        enqueued: Instant,
+        deadline: Instant,
+    ) -> (WaiterId, Outcome<T>) {
         let (sender, receiver) = oneshot::channel();
-        let id = self.next_id;
-        self.next_id += 1;
-        self.queues[priority.index()].push_back(Waiter { id, enqueued, sender });
-        self.len += 1;
-        (id, receiver)
+        let token = self.next_token;
+        self.next_token += 1;
+        let cell = self.cells.insert(WaiterCell { priority, token, enqueued, deadline, sender });
+        self.queues[priority.index()].push_back(cell);
+        (WaiterId { cell, token }, receiver)
     }
 
-    fn pop(&mut self) -> Option<Waiter<T>> {
-        let waiter = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
-        self.len -= 1;
-        Some(waiter)
+    /// The next waiter to serve, out of the queue.
+    fn pop(&mut self) -> Option<WaiterCell<T>> {
+        let cell = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
+        self.cells.remove(cell)
     }
 
-    fn remove(&mut self, priority: Priority, id: u64) -> bool {
-        let queue = &mut self.queues[priority.index()];
-        let Some(position) = queue.iter().position(|waiter| waiter.id == id) else {
-            return false;
-        };
-        queue.remove(position);
-        self.len -= 1;
-        true
+    /// Takes a waiter out of the queue; `None` when it was already served.
+    fn remove(&mut self, id: WaiterId) -> Option<WaiterCell<T>> {
+        if self.cells.get(id.cell)?.token != id.token {
+            return None;
+        }
+        let cell = self.cells.remove(id.cell)?;
+        let queue = &mut self.queues[cell.priority.index()];
+        if let Some(position) = queue.iter().position(|&queued| queued == id.cell) {
+            queue.remove(position);
+        }
+        Some(cell)
     }
 }
 
-/// What a waiting acquire receives: a grant or the error that ended its wait.
-pub(crate) type WaiterReceiver<T> = oneshot::Receiver<Result<Grant<T>>>;
+/// Outcomes to send to waiters once the lock is released; the first without allocating.
+#[derive(Debug)]
+pub(crate) struct Deliveries<T> {
+    first: Option<Delivery<T>>,
+    rest: Vec<Delivery<T>>,
+}
+
+impl<T> Default for Deliveries<T> {
+    fn default() -> Self {
+        Self { first: None, rest: Vec::new() }
+    }
+}
+
+impl<T> Deliveries<T> {
+    fn push(&mut self, cell: WaiterCell<T>, outcome: Result<Grant<T>>) {
+        if self.first.is_none() {
+            self.first = Some((cell.sender, outcome));
+        } else {
+            self.rest.push((cell.sender, outcome));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Sends every outcome; returns the grants whose acquire was dropped meanwhile.
+    pub(crate) fn send_all(self) -> impl Iterator<Item = Grant<T>> {
+        self.first.into_iter().chain(self.rest).filter_map(|(sender, outcome)| {
+            match sender.send(outcome) {
+                Err(Ok(grant)) => Some(grant),
+                _ => None,
+            }
+        })
+    }
+}
 
 /// One live instance and what the pool knows of it.
 #[derive(Debug)]
@@ -137,6 +201,8 @@ pub(crate) struct Effects<T> {
     pub(crate) events: Vec<PoolEvent>,
     /// Wake the maintenance task (a deadline may have moved closer).
     pub(crate) wake_maintenance: bool,
+    /// Outcomes for waiters.
+    pub(crate) deliveries: Deliveries<T>,
 }
 
 impl<T> Default for Effects<T> {
@@ -147,6 +213,7 @@ impl<T> Default for Effects<T> {
             checks: Vec::new(),
             events: Vec::new(),
             wake_maintenance: false,
+            deliveries: Deliveries::default(),
         }
     }
 }
@@ -158,6 +225,7 @@ impl<T> Effects<T> {
             && self.checks.is_empty()
             && self.events.is_empty()
             && !self.wake_maintenance
+            && self.deliveries.is_empty()
     }
 }
 
@@ -176,6 +244,8 @@ pub(crate) struct State<T> {
     /// Slots that can take a lease, in selection order (the back is the most recent).
     available: VecDeque<u32>,
     waiters: Waiters<T>,
+    /// Acquires in the queue.
+    waiting: usize,
     /// Live slots, counting busy, checking and retiring ones.
     size: usize,
     /// Live slots marked to retire.
@@ -191,6 +261,8 @@ pub(crate) struct State<T> {
     next_instance: u64,
     lease_records: Slab<LeaseRecord>,
     next_health_check: Option<Instant>,
+    /// When the maintenance task will next run on its own; an earlier waiter deadline wakes it.
+    maintenance_due: Option<Instant>,
 }
 
 impl<T> State<T> {
@@ -201,6 +273,7 @@ impl<T> State<T> {
             slots: Slab::default(),
             available: VecDeque::new(),
             waiters: Waiters::new(),
+            waiting: 0,
             size: 0,
             retiring: 0,
             creating: 0,
@@ -214,11 +287,12 @@ impl<T> State<T> {
             next_instance: 0,
             lease_records: Slab::default(),
             next_health_check,
+            maintenance_due: None,
         }
     }
 
     pub(crate) fn waiting(&self) -> usize {
-        self.waiters.len
+        self.waiting
     }
 
     fn slot(&self, index: u32) -> &Slot<T> {
@@ -327,44 +401,59 @@ impl<T> State<T> {
         }
     }
 
-    /// Queues an acquire; fails with `QueueFull` when the queue is at its limit.
+    /// Queues an acquire that waits until `deadline`; fails with `QueueFull` when the queue is
+    /// at its limit.
     pub(crate) fn enqueue(
         &mut self,
         priority: Priority,
         now: Instant,
-    ) -> Result<(u64, WaiterReceiver<T>)> {
-        if self.waiters.len >= self.config.queue_limit {
+        deadline: Instant,
+        effects: &mut Effects<T>,
+    ) -> Result<(WaiterId, Outcome<T>)> {
+        if self.waiting >= self.config.queue_limit {
             self.counters.queue_full += 1;
             return Err(Error::QueueFull { limit: self.config.queue_limit, max: self.config.max });
         }
-        Ok(self.waiters.push(priority, now))
+        let queued = self.waiters.push(priority, now, deadline);
+        self.waiting += 1;
+        // The maintenance task times waiters out; wake it if this deadline comes first.
+        if self.maintenance_due.is_none_or(|due| deadline < due) {
+            self.maintenance_due = Some(deadline);
+            effects.wake_maintenance = true;
+        }
+        effects.creates += self.creates_needed(now);
+        Ok(queued)
     }
 
-    /// Takes a timed-out waiter out of the queue; `false` when it was already served.
-    pub(crate) fn abandon_wait(&mut self, priority: Priority, id: u64, timed_out: bool) -> bool {
-        let removed = self.waiters.remove(priority, id);
-        if removed && timed_out {
-            self.counters.timeouts += 1;
+    /// A queued acquire was dropped: leave the queue. `false` when it was already served (its
+    /// outcome is then in its receiver, or about to be).
+    pub(crate) fn abandon_wait(&mut self, id: WaiterId) -> bool {
+        let removed = self.waiters.remove(id).is_some();
+        if removed {
+            self.waiting -= 1;
         }
         removed
     }
 
+    /// The next waiter to serve, out of the queue.
+    fn next_waiter(&mut self) -> Option<WaiterCell<T>> {
+        let waiter = self.waiters.pop()?;
+        self.waiting -= 1;
+        Some(waiter)
+    }
+
     /// Hands leases on `index` to waiters while it has room, then updates its availability.
-    fn serve_waiters(&mut self, index: u32, now: Instant) {
-        if self.waiters.len > 0 && self.slot(index).in_available {
+    fn serve_waiters(&mut self, index: u32, now: Instant, deliveries: &mut Deliveries<T>) {
+        if self.waiting > 0 && self.slot(index).in_available {
             // Leasing expects the slot out of the available set; it goes back if it has room.
             self.take_out_of_available(index);
         }
-        while self.waiters.len > 0 && self.can_lease(self.slot(index)) {
-            let waiter = self.waiters.pop().expect("the queue is not empty");
+        while self.waiting > 0 && self.can_lease(self.slot(index)) {
+            let waiter = self.next_waiter().expect("the queue is not empty");
             let grant = self.lease_slot(index, Some(now));
             self.counters.waited += 1;
             self.waits.record(now.saturating_duration_since(waiter.enqueued));
-            if let Err(Ok(grant)) = waiter.sender.send(Ok(grant)) {
-                // The waiter gave up between leaving the queue and now: take the lease back.
-                self.counters.waited -= 1;
-                self.unlease(grant);
-            }
+            deliveries.push(waiter, Ok(grant));
         }
         self.refresh_availability(index);
     }
@@ -374,27 +463,6 @@ impl<T> State<T> {
             self.available.remove(position);
         }
         self.slot_mut(index).in_available = false;
-    }
-
-    /// Undoes `lease_slot` for a grant nobody received.
-    fn unlease(&mut self, grant: Grant<T>) {
-        self.counters.acquired -= 1;
-        self.leased -= 1;
-        if let Some(record) = grant.record {
-            self.remove_record(record);
-        }
-        let slot = self.slot_mut(grant.slot);
-        slot.in_use -= 1;
-        slot.uses -= 1;
-        if grant.exclusive {
-            slot.instance = Some(grant.instance);
-        } else {
-            drop(grant.instance);
-        }
-        if slot.retire == Some(DestroyReason::MaxUses) {
-            slot.retire = None;
-            self.retiring -= 1;
-        }
     }
 
     fn remove_record(&mut self, record: u32) {
@@ -458,7 +526,7 @@ impl<T> State<T> {
                 return;
             }
         }
-        self.serve_waiters(index, now);
+        self.serve_waiters(index, now, &mut effects.deliveries);
     }
 
     fn mark_retiring(&mut self, index: u32, reason: DestroyReason) {
@@ -506,7 +574,7 @@ impl<T> State<T> {
         }
         let concurrency = self.config.concurrency;
         let live = self.size - self.retiring;
-        let for_waiters = self.waiters.len.div_ceil(concurrency).saturating_sub(self.creating);
+        let for_waiters = self.waiting.div_ceil(concurrency).saturating_sub(self.creating);
         let for_min = self.config.min.saturating_sub(live + self.creating);
         let room = self.config.max.saturating_sub(self.size + self.creating);
         let parallel = self.config.max_concurrent_creates.saturating_sub(self.creating);
@@ -552,10 +620,10 @@ impl<T> State<T> {
         // running can serve, at most one instance's worth, in service order.
         let concurrency = self.config.concurrency;
         let covered = self.creating * concurrency;
-        let counting_on_it = self.waiters.len.saturating_sub(covered).min(concurrency);
+        let counting_on_it = self.waiting.saturating_sub(covered).min(concurrency);
         for _ in 0..counting_on_it {
-            if let Some(waiter) = self.waiters.pop() {
-                let _ = waiter.sender.send(Err(error.clone()));
+            if let Some(waiter) = self.next_waiter() {
+                effects.deliveries.push(waiter, Err(error.clone()));
             }
         }
         let text = match &error {
@@ -691,14 +759,35 @@ impl<T> State<T> {
             due(now + threshold);
         }
 
+        // Acquires that waited until their deadline.
+        for cell in self.waiters.cells.indices() {
+            let Some(waiter) = self.waiters.cells.get(cell) else { continue };
+            if now < waiter.deadline {
+                due(waiter.deadline);
+                continue;
+            }
+            let id = WaiterId { cell, token: waiter.token };
+            let waited = now.saturating_duration_since(waiter.enqueued);
+            let waiter = self.waiters.remove(id).expect("the waiter was just seen");
+            self.waiting -= 1;
+            self.counters.timeouts += 1;
+            let error = Error::Timeout {
+                waited,
+                max: self.config.max,
+                concurrency: self.config.concurrency,
+            };
+            effects.deliveries.push(waiter, Err(error));
+        }
+
         // Creates for the waiters and the warm minimum, after the backoff if one runs.
         effects.creates += self.creates_needed(now);
         if let Some(until) = self.backoff_until.filter(|until| now < *until) {
             let live = self.size - self.retiring + self.creating;
-            if self.waiters.len > 0 || live < self.config.min {
+            if self.waiting > 0 || live < self.config.min {
                 due(until);
             }
         }
+        self.maintenance_due = next;
         next
     }
 
@@ -757,9 +846,9 @@ impl<T> State<T> {
         }
         self.closed = true;
         let mut waiters_rejected = 0;
-        while let Some(waiter) = self.waiters.pop() {
+        while let Some(waiter) = self.next_waiter() {
             waiters_rejected += 1;
-            let _ = waiter.sender.send(Err(Error::ShuttingDown));
+            effects.deliveries.push(waiter, Err(Error::ShuttingDown));
         }
         for index in self.slots.indices() {
             let Some(slot) = self.slots.get(index) else { continue };
@@ -791,7 +880,7 @@ impl<T> State<T> {
             retiring: self.retiring,
             leased: self.leased,
             creating: self.creating,
-            waiting: self.waiters.len,
+            waiting: self.waiting,
             closed: self.closed,
             counters: self.counters.clone(),
             wait: self.waits.summary(),

@@ -573,3 +573,23 @@ async fn a_shared_instance_past_its_lifetime_takes_no_new_lease_and_goes_when_fr
         .await;
     assert_eq!(pool.status().retiring, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_dropped_after_being_served_returns_its_lease() {
+    let (pool, _manager) = pool(PoolConfig { max: 1, ..config() });
+    let held = pool.acquire().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|_| ()) })
+    };
+    run_ready_tasks().await;
+    // Serve the waiter, then cancel it before it runs to collect its lease.
+    drop(held);
+    waiter.abort();
+    run_ready_tasks().await;
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    let status = pool.status();
+    assert_eq!((status.leased, status.waiting, status.idle), (0, 0, 1), "{status:?}");
+    let again = pool.acquire_with(Priority::Normal, SECOND).await;
+    assert!(again.is_ok(), "the uncollected lease was not returned: {again:?}");
+}
