@@ -4,6 +4,8 @@
 //!   each step; `cargo xtask ci --fast` skips the rustdoc and cargo-deny steps.
 //! - `cargo xtask tidy` checks the architecture invariants of `docs/architecture.md` and prints
 //!   every violation. CI runs the same checks as the `tidy` unit tests of this crate.
+//! - `cargo xtask bench-table` prints the latest criterion results as a markdown table of
+//!   ratios, for docs/performance.md.
 //!
 //! The alias lives in `.cargo/config.toml`. xtask keeps few dependencies because it is built
 //! before anything else runs.
@@ -14,6 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod bench_table;
 mod ci;
 mod tidy;
 
@@ -24,6 +27,9 @@ commands:
   ci [--fast]   run what CI runs: fmt, clippy, tidy, tests, docs, deny, benchmark build
                 (--fast skips docs and deny)
   tidy          check the architecture invariants and print every violation
+  bench-table [--vs PEER]
+                the latest criterion results as a markdown table, with the ratio of
+                ours to PEER (default deadpool)
   help          print this message";
 
 fn main() -> ExitCode {
@@ -33,6 +39,8 @@ fn main() -> ExitCode {
         ["ci"] => ci::run(&workspace_root(), ci::Mode::Full),
         ["ci", "--fast"] => ci::run(&workspace_root(), ci::Mode::Fast),
         ["tidy"] => tidy::run(&workspace_root()),
+        ["bench-table"] => bench_table::run(&workspace_root(), "deadpool"),
+        ["bench-table", "--vs", peer] => bench_table::run(&workspace_root(), peer),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
