@@ -579,5 +579,94 @@ fn cold_one<S, F>(
     });
 }
 
-criterion_group!(benches, uncontended, contended, fairness, cold_burst);
+/// `contended` again, with our pool and each peer timed in alternation, batch after batch, so
+/// that the machine's drift (shared cores, frequency, other load) hits both sides alike; the
+/// report is the median ratio of paired batches, with its quartiles.
+fn paired(c: &mut Criterion) {
+    let runtime = two_workers();
+    let mut group = c.benchmark_group("paired");
+    short(&mut group, 10, 200, 1500);
+    group.sampling_mode(SamplingMode::Flat);
+    let mut rows = Vec::new();
+    for hold in [Hold::None, Hold::Yield] {
+        for (tasks, size) in SHAPES {
+            let cell = format!("hold={}/W{tasks}xS{size}", hold.name());
+            let rounds = CONTENDED_TOTAL / tasks;
+            let pools = runtime.block_on(async {
+                (
+                    prefilled_ours(size).await,
+                    prefilled_deadpool(size).await,
+                    prefilled_bb8(size).await,
+                )
+            });
+            let mut vs_deadpool = Vec::new();
+            let mut vs_bb8 = Vec::new();
+            group.bench_function(&cell, |b| {
+                b.iter_custom(|iters| {
+                    runtime.block_on(async {
+                        let (ours, deadpool, bb8) = &pools;
+                        let mut total = Duration::ZERO;
+                        for iteration in 0..iters {
+                            // Alternate who goes first, so neither always runs on a warm cache.
+                            let (o, d, b) = if iteration % 2 == 0 {
+                                let o = timed(ours, tasks, rounds, hold).await;
+                                (
+                                    o,
+                                    timed(deadpool, tasks, rounds, hold).await,
+                                    timed(bb8, tasks, rounds, hold).await,
+                                )
+                            } else {
+                                let b = timed(bb8, tasks, rounds, hold).await;
+                                let d = timed(deadpool, tasks, rounds, hold).await;
+                                (timed(ours, tasks, rounds, hold).await, d, b)
+                            };
+                            vs_deadpool.push(o.as_secs_f64() / d.as_secs_f64());
+                            vs_bb8.push(o.as_secs_f64() / b.as_secs_f64());
+                            total += o;
+                        }
+                        total / CONTENDED_TOTAL as u32
+                    })
+                });
+            });
+            if !vs_deadpool.is_empty() {
+                rows.push((
+                    cell,
+                    quartiles(&mut vs_deadpool),
+                    quartiles(&mut vs_bb8),
+                    vs_deadpool.len(),
+                ));
+            }
+        }
+    }
+    group.finish();
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "\npaired: ours / peer per batch of {CONTENDED_TOTAL} checkouts; median [p25, p75]; below 1 means ours is faster"
+    );
+    println!("| cell | ours/deadpool | ours/bb8 | pairs |");
+    println!("|---|---:|---:|---:|");
+    for (cell, deadpool, bb8, pairs) in rows {
+        let show = |(p25, p50, p75): (f64, f64, f64)| format!("{p50:.2} [{p25:.2}, {p75:.2}]");
+        println!("| {cell} | {} | {} | {pairs} |", show(deadpool), show(bb8));
+    }
+    println!();
+}
+
+/// One batch of `contended`, timed.
+async fn timed<S: Subject>(pool: &S, tasks: usize, rounds: usize, hold: Hold) -> Duration {
+    let start = Instant::now();
+    batch(pool, tasks, rounds, hold).await;
+    start.elapsed()
+}
+
+/// The 25th, 50th and 75th percentiles of `values`.
+fn quartiles(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.5), at(0.75))
+}
+
+criterion_group!(benches, uncontended, contended, paired, fairness, cold_burst);
 criterion_main!(benches);

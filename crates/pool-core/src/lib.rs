@@ -74,6 +74,6 @@ pub use config::{PoolConfig, Selection};
 pub use error::{Error, ManagerError, Result};
 pub use lease::Lease;
 pub use manager::Manager;
-pub use pool::{Pool, ShutdownReport};
+pub use pool::{Acquire, Pool, ShutdownReport};
 pub use state::Priority;
 pub use status::{DestroyReason, InstanceId, PoolCounters, PoolEvent, PoolStatus, WaitTimes};

@@ -17,7 +17,7 @@ use crate::config::{PoolConfig, validate_size};
 use crate::error::{Error, Result};
 use crate::lease::Lease;
 use crate::manager::Manager;
-use crate::state::{Effects, Grant, Outcome, Priority, State, WaiterId};
+use crate::state::{Delivery, Effects, Grant, Outcome, Priority, RareEffects, State, WaiterId};
 use crate::status::{PoolEvent, PoolStatus};
 
 /// Events kept for a subscriber that falls behind; older ones are dropped for it (it then
@@ -59,9 +59,20 @@ pub(crate) struct Inner<M: Manager> {
     changed: Notify,
     /// Whether acquires read the clock (for `max_lifetime` or leak detection).
     clock_on_acquire: bool,
-    /// The configured `acquire_timeout`, readable without the lock.
-    acquire_timeout: Duration,
+    /// Whether releases read the clock (for `idle_timeout` or `max_lifetime`).
+    clock_on_release: bool,
+    /// The config's fixed timings, readable without the lock.
+    timings: Timings,
     runtime: runtime::Handle,
+}
+
+/// The parts of the config that never change, copied out of the lock.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    acquire_timeout: Duration,
+    create_timeout: Duration,
+    health_check_timeout: Duration,
+    destroy_grace: Duration,
 }
 
 /// What [`Pool::shutdown`] did.
@@ -89,7 +100,13 @@ impl<M: Manager> Pool<M> {
         config.validate()?;
         let runtime = runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let clock_on_acquire = config.max_lifetime.is_some() || config.leak_threshold.is_some();
-        let acquire_timeout = config.acquire_timeout;
+        let clock_on_release = config.max_lifetime.is_some() || config.idle_timeout.is_some();
+        let timings = Timings {
+            acquire_timeout: config.acquire_timeout,
+            create_timeout: config.create_timeout,
+            health_check_timeout: config.health_check_timeout,
+            destroy_grace: config.destroy_grace,
+        };
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let inner = Arc::new(Inner {
             manager,
@@ -98,7 +115,8 @@ impl<M: Manager> Pool<M> {
             wake: Notify::new(),
             changed: Notify::new(),
             clock_on_acquire,
-            acquire_timeout,
+            clock_on_release,
+            timings,
             runtime,
         });
         let maintenance = inner.runtime.spawn(maintain(inner.clone()));
@@ -115,8 +133,8 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Leases an instance at [`Priority::Normal`], waiting at most `acquire_timeout`.
-    pub async fn acquire(&self) -> Result<Lease<M>> {
-        self.acquire_with(Priority::Normal, self.inner().acquire_timeout).await
+    pub fn acquire(&self) -> Acquire<'_, M> {
+        self.acquire_with(Priority::Normal, self.inner().timings.acquire_timeout)
     }
 
     /// Leases an instance, waiting at most `timeout` behind the waiters of equal or higher
@@ -125,10 +143,8 @@ impl<M: Manager> Pool<M> {
     /// Fails at once with [`Error::QueueFull`] when the queue is full and with
     /// [`Error::ShuttingDown`] once the pool is closing; with [`Error::Create`] when the create
     /// it was counting on fails; with [`Error::Timeout`] when `timeout` passes.
-    pub async fn acquire_with(&self, priority: Priority, timeout: Duration) -> Result<Lease<M>> {
-        let inner = self.inner();
-        let now = inner.clock_on_acquire.then(Instant::now);
-        Acquire { inner, stage: Stage::Start { priority, timeout, now } }.await
+    pub fn acquire_with(&self, priority: Priority, timeout: Duration) -> Acquire<'_, M> {
+        Acquire { inner: self.inner(), stage: Stage::Start { priority, timeout } }
     }
 
     /// A snapshot of sizes, counters and wait times.
@@ -211,47 +227,59 @@ impl<M: Manager> fmt::Debug for Pool<M> {
 impl<M: Manager> Inner<M> {
     /// Carries out what the state asked for once its lock was released.
     pub(crate) fn apply(self: &Arc<Self>, effects: Effects<M::Instance>) {
-        if effects.is_empty() {
-            return;
-        }
-        for _ in 0..effects.creates {
-            self.runtime.spawn(self.clone().create_one());
-        }
-        if !effects.destroy.is_empty() {
-            let grace = self.state.lock().config.destroy_grace;
-            for (id, instance, reason) in effects.destroy {
-                let inner = self.clone();
-                self.runtime.spawn(async move {
-                    match Arc::try_unwrap(instance) {
-                        Ok(instance) => inner.manager.destroy(instance, grace).await,
-                        // Unreachable: an idle instance has no other owner. Dropping it is the
-                        // only safe thing left.
-                        Err(shared) => drop(shared),
-                    }
-                    inner.state.lock().destroying -= 1;
-                    let _ = inner.events.send(PoolEvent::Destroyed { instance: id, reason });
-                    inner.changed.notify_waiters();
-                });
-            }
-        }
-        for (slot, instance) in effects.checks {
-            self.runtime.spawn(self.clone().check_one(slot, instance));
-        }
-        for event in effects.events {
-            let _ = self.events.send(event);
-        }
-        if effects.wake_maintenance {
-            self.wake.notify_one();
-        }
+        let Effects { delivery, rare } = effects;
         // Outcomes go out after the lock is released; a grant whose acquire was dropped
         // meanwhile comes back.
-        for grant in effects.deliveries.send_all() {
+        if let Some(delivery) = delivery {
+            self.deliver(delivery);
+        }
+        if let Some(rare) = rare {
+            self.apply_rare(*rare);
+        }
+    }
+
+    fn deliver(self: &Arc<Self>, (sender, outcome): Delivery<M::Instance>) {
+        if let Err(Ok(grant)) = sender.send(outcome) {
             drop(Lease::new(self.clone(), grant));
         }
     }
 
+    fn apply_rare(self: &Arc<Self>, rare: RareEffects<M::Instance>) {
+        for _ in 0..rare.creates {
+            self.runtime.spawn(self.clone().create_one());
+        }
+        for (id, instance, reason) in rare.destroy {
+            let inner = self.clone();
+            self.runtime.spawn(async move {
+                match Arc::try_unwrap(instance) {
+                    Ok(instance) => {
+                        inner.manager.destroy(instance, inner.timings.destroy_grace).await
+                    }
+                    // Unreachable: an idle instance has no other owner. Dropping it is the
+                    // only safe thing left.
+                    Err(shared) => drop(shared),
+                }
+                inner.state.lock().destroying -= 1;
+                let _ = inner.events.send(PoolEvent::Destroyed { instance: id, reason });
+                inner.changed.notify_waiters();
+            });
+        }
+        for (slot, instance) in rare.checks {
+            self.runtime.spawn(self.clone().check_one(slot, instance));
+        }
+        for event in rare.events {
+            let _ = self.events.send(event);
+        }
+        if rare.wake_maintenance {
+            self.wake.notify_one();
+        }
+        for delivery in rare.deliveries {
+            self.deliver(delivery);
+        }
+    }
+
     async fn create_one(self: Arc<Self>) {
-        let timeout = self.state.lock().config.create_timeout;
+        let timeout = self.timings.create_timeout;
         let result = tokio::time::timeout(timeout, self.manager.create()).await;
         let now = Instant::now();
         let mut effects = Effects::default();
@@ -274,7 +302,7 @@ impl<M: Manager> Inner<M> {
     }
 
     async fn check_one(self: Arc<Self>, slot: u32, instance: Arc<M::Instance>) {
-        let timeout = self.state.lock().config.health_check_timeout;
+        let timeout = self.timings.health_check_timeout;
         let failure = match tokio::time::timeout(timeout, self.manager.check(&instance)).await {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(error.to_string()),
@@ -295,7 +323,7 @@ impl<M: Manager> Inner<M> {
         broken: bool,
         record: Option<u32>,
     ) {
-        let now = Instant::now();
+        let now = self.clock_on_release.then(Instant::now);
         let mut effects = Effects::default();
         let closed = {
             let mut state = self.state.lock();
@@ -366,17 +394,20 @@ async fn maintain<M: Manager>(inner: Arc<Inner<M>>) {
     }
 }
 
-/// An acquire in progress. Its first poll takes an instance or joins the queue, in one lock;
-/// once queued, it waits on the receiver of its outcome — a grant, or the error that ended its
-/// wait — without touching the lock. Dropping it while queued leaves the queue, or returns a
-/// grant that arrived and was never collected.
-struct Acquire<'a, M: Manager> {
+/// The future of [`Pool::acquire`] and [`Pool::acquire_with`]: resolves to a [`Lease`].
+///
+/// Its first poll takes an instance or joins the queue, in one lock; once queued, it waits on
+/// the receiver of its outcome — a lease, or the error that ended its wait — without touching
+/// the lock. Dropping it while queued leaves the queue, or returns a lease that arrived and was
+/// never collected.
+#[must_use = "futures do nothing unless polled"]
+pub struct Acquire<'a, M: Manager> {
     inner: &'a Arc<Inner<M>>,
     stage: Stage<M::Instance>,
 }
 
 enum Stage<T> {
-    Start { priority: Priority, timeout: Duration, now: Option<Instant> },
+    Start { priority: Priority, timeout: Duration },
     Queued { id: WaiterId, outcome: Outcome<T> },
     Done,
 }
@@ -386,7 +417,8 @@ impl<M: Manager> Future for Acquire<'_, M> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Stage::Start { priority, timeout, now } = this.stage {
+        if let Stage::Start { priority, timeout } = this.stage {
+            let now = this.inner.clock_on_acquire.then(Instant::now);
             let mut effects = Effects::default();
             let taken = {
                 let mut state = this.inner.state.lock();
@@ -432,6 +464,17 @@ impl<M: Manager> Acquire<'_, M> {
     fn finish(&mut self, outcome: Result<Grant<M::Instance>>) -> Poll<Result<Lease<M>>> {
         self.stage = Stage::Done;
         Poll::Ready(outcome.map(|grant| Lease::new(self.inner.clone(), grant)))
+    }
+}
+
+impl<M: Manager> fmt::Debug for Acquire<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stage = match self.stage {
+            Stage::Start { .. } => "start",
+            Stage::Queued { .. } => "queued",
+            Stage::Done => "done",
+        };
+        f.debug_struct("Acquire").field("stage", &stage).finish_non_exhaustive()
     }
 }
 

@@ -50,7 +50,7 @@ pub(crate) struct Grant<T> {
 }
 
 /// The waiter queue: FIFO within each priority. A waiter's cell holds its deadline and the
-/// sender of its outcome; the outcome is sent once the lock is released (see [`Deliveries`]),
+/// sender of its outcome; the outcome is sent once the lock is released (see [`Effects`]),
 /// so a woken acquire collects it without taking the lock again.
 #[derive(Debug)]
 struct Waiters<T> {
@@ -81,7 +81,7 @@ pub(crate) struct WaiterId {
 pub(crate) type Outcome<T> = oneshot::Receiver<Result<Grant<T>>>;
 
 /// An outcome on its way to the acquire that waits for it.
-type Delivery<T> = (oneshot::Sender<Result<Grant<T>>>, Result<Grant<T>>);
+pub(crate) type Delivery<T> = (oneshot::Sender<Result<Grant<T>>>, Result<Grant<T>>);
 
 impl<T> Waiters<T> {
     fn new() -> Self {
@@ -126,43 +126,6 @@ impl<T> Waiters<T> {
     }
 }
 
-/// Outcomes to send to waiters once the lock is released; the first without allocating.
-#[derive(Debug)]
-pub(crate) struct Deliveries<T> {
-    first: Option<Delivery<T>>,
-    rest: Vec<Delivery<T>>,
-}
-
-impl<T> Default for Deliveries<T> {
-    fn default() -> Self {
-        Self { first: None, rest: Vec::new() }
-    }
-}
-
-impl<T> Deliveries<T> {
-    fn push(&mut self, cell: WaiterCell<T>, outcome: Result<Grant<T>>) {
-        if self.first.is_none() {
-            self.first = Some((cell.sender, outcome));
-        } else {
-            self.rest.push((cell.sender, outcome));
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.first.is_none()
-    }
-
-    /// Sends every outcome; returns the grants whose acquire was dropped meanwhile.
-    pub(crate) fn send_all(self) -> impl Iterator<Item = Grant<T>> {
-        self.first.into_iter().chain(self.rest).filter_map(|(sender, outcome)| {
-            match sender.send(outcome) {
-                Err(Ok(grant)) => Some(grant),
-                _ => None,
-            }
-        })
-    }
-}
-
 /// One live instance and what the pool knows of it.
 #[derive(Debug)]
 struct Slot<T> {
@@ -189,9 +152,19 @@ struct LeaseRecord {
     reported: bool,
 }
 
-/// What the pool must do once the lock is released.
+/// What the pool must do once the lock is released. The common case — nothing, or one
+/// waiter to serve — fits inline; everything else is boxed, so the acquire and release paths
+/// build, move and drop a few words.
 #[derive(Debug)]
 pub(crate) struct Effects<T> {
+    /// The outcome of one waiter, to send.
+    pub(crate) delivery: Option<Delivery<T>>,
+    pub(crate) rare: Option<Box<RareEffects<T>>>,
+}
+
+/// The less frequent things to do after the lock is released.
+#[derive(Debug)]
+pub(crate) struct RareEffects<T> {
     /// Instances to hand to `Manager::destroy`, with the reason.
     pub(crate) destroy: Vec<(InstanceId, Arc<T>, DestroyReason)>,
     /// Creates to start (already counted in `creating`).
@@ -201,11 +174,17 @@ pub(crate) struct Effects<T> {
     pub(crate) events: Vec<PoolEvent>,
     /// Wake the maintenance task (a deadline may have moved closer).
     pub(crate) wake_maintenance: bool,
-    /// Outcomes for waiters.
-    pub(crate) deliveries: Deliveries<T>,
+    /// Outcomes of further waiters.
+    pub(crate) deliveries: Vec<Delivery<T>>,
 }
 
 impl<T> Default for Effects<T> {
+    fn default() -> Self {
+        Self { delivery: None, rare: None }
+    }
+}
+
+impl<T> Default for RareEffects<T> {
     fn default() -> Self {
         Self {
             destroy: Vec::new(),
@@ -213,19 +192,29 @@ impl<T> Default for Effects<T> {
             checks: Vec::new(),
             events: Vec::new(),
             wake_maintenance: false,
-            deliveries: Deliveries::default(),
+            deliveries: Vec::new(),
         }
     }
 }
 
 impl<T> Effects<T> {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.destroy.is_empty()
-            && self.creates == 0
-            && self.checks.is_empty()
-            && self.events.is_empty()
-            && !self.wake_maintenance
-            && self.deliveries.is_empty()
+    fn rare(&mut self) -> &mut RareEffects<T> {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    fn add_creates(&mut self, creates: usize) {
+        if creates > 0 {
+            self.rare().creates += creates;
+        }
+    }
+
+    fn deliver(&mut self, waiter: WaiterCell<T>, outcome: Result<Grant<T>>) {
+        let delivery = (waiter.sender, outcome);
+        if self.delivery.is_none() {
+            self.delivery = Some(delivery);
+        } else {
+            self.rare().deliveries.push(delivery);
+        }
     }
 }
 
@@ -321,7 +310,7 @@ impl<T> State<T> {
                 // Too old for another lease: gone now if idle, else once its leases return.
                 if self.slot(index).in_use == 0 {
                     self.retire(index, DestroyReason::MaxLifetime, effects);
-                    effects.creates += self.creates_needed(now);
+                    effects.add_creates(self.creates_needed(now));
                 } else {
                     self.mark_retiring(index, DestroyReason::MaxLifetime);
                 }
@@ -419,9 +408,9 @@ impl<T> State<T> {
         // The maintenance task times waiters out; wake it if this deadline comes first.
         if self.maintenance_due.is_none_or(|due| deadline < due) {
             self.maintenance_due = Some(deadline);
-            effects.wake_maintenance = true;
+            effects.rare().wake_maintenance = true;
         }
-        effects.creates += self.creates_needed(now);
+        effects.add_creates(self.creates_needed(now));
         Ok(queued)
     }
 
@@ -443,7 +432,7 @@ impl<T> State<T> {
     }
 
     /// Hands leases on `index` to waiters while it has room, then updates its availability.
-    fn serve_waiters(&mut self, index: u32, now: Instant, deliveries: &mut Deliveries<T>) {
+    fn serve_waiters(&mut self, index: u32, now: Instant, effects: &mut Effects<T>) {
         if self.waiting > 0 && self.slot(index).in_available {
             // Leasing expects the slot out of the available set; it goes back if it has room.
             self.take_out_of_available(index);
@@ -453,7 +442,7 @@ impl<T> State<T> {
             let grant = self.lease_slot(index, Some(now));
             self.counters.waited += 1;
             self.waits.record(now.saturating_duration_since(waiter.enqueued));
-            deliveries.push(waiter, Ok(grant));
+            effects.deliver(waiter, Ok(grant));
         }
         self.refresh_availability(index);
     }
@@ -479,7 +468,7 @@ impl<T> State<T> {
         instance: Option<Arc<T>>,
         broken: bool,
         record: Option<u32>,
-        now: Instant,
+        now: Option<Instant>,
         effects: &mut Effects<T>,
     ) {
         self.leased -= 1;
@@ -491,7 +480,7 @@ impl<T> State<T> {
         if instance.is_some() {
             slot.instance = instance;
         }
-        if slot.in_use == 0 {
+        if let (0, Some(now)) = (slot.in_use, now) {
             slot.idle_since = now;
         }
         if broken {
@@ -501,14 +490,16 @@ impl<T> State<T> {
     }
 
     /// Decides what becomes of a slot whose leases or check changed: destroy it when it is
-    /// idle and must go, otherwise serve waiters from it.
-    fn settle(&mut self, index: u32, now: Instant, effects: &mut Effects<T>) {
+    /// idle and must go, otherwise serve waiters from it. `now` may be `None` when neither
+    /// `idle_timeout` nor `max_lifetime` is set: the clock is then read only if needed.
+    fn settle(&mut self, index: u32, now: Option<Instant>, effects: &mut Effects<T>) {
+        let clock = || now.unwrap_or_else(Instant::now);
         let slot = self.slot(index);
         if slot.in_use == 0 && !slot.checking {
             let expired = self
                 .config
                 .max_lifetime
-                .is_some_and(|lifetime| now.duration_since(slot.created_at) >= lifetime);
+                .is_some_and(|lifetime| clock().duration_since(slot.created_at) >= lifetime);
             let reason = if let Some(reason) = slot.retire {
                 Some(reason)
             } else if self.closed {
@@ -522,11 +513,15 @@ impl<T> State<T> {
             };
             if let Some(reason) = reason {
                 self.retire(index, reason, effects);
-                effects.creates += self.creates_needed(now);
+                effects.add_creates(self.creates_needed(clock()));
                 return;
             }
         }
-        self.serve_waiters(index, now, &mut effects.deliveries);
+        if self.waiting > 0 {
+            self.serve_waiters(index, clock(), effects);
+        } else {
+            self.refresh_availability(index);
+        }
     }
 
     fn mark_retiring(&mut self, index: u32, reason: DestroyReason) {
@@ -546,7 +541,7 @@ impl<T> State<T> {
         self.counters.destroyed += 1;
         // An idle slot always holds its instance: exclusive leases have given it back.
         if let Some(instance) = slot.instance {
-            effects.destroy.push((slot.id, instance, reason));
+            effects.rare().destroy.push((slot.id, instance, reason));
         }
     }
 
@@ -604,9 +599,9 @@ impl<T> State<T> {
         };
         let index = self.slots.insert(slot);
         self.size += 1;
-        effects.events.push(PoolEvent::Created { instance: id });
-        self.settle(index, now, effects);
-        effects.creates += self.creates_needed(now);
+        effects.rare().events.push(PoolEvent::Created { instance: id });
+        self.settle(index, Some(now), effects);
+        effects.add_creates(self.creates_needed(now));
     }
 
     /// A create failed: back off, and fail the waiters that were counting on it.
@@ -623,19 +618,19 @@ impl<T> State<T> {
         let counting_on_it = self.waiting.saturating_sub(covered).min(concurrency);
         for _ in 0..counting_on_it {
             if let Some(waiter) = self.next_waiter() {
-                effects.deliveries.push(waiter, Err(error.clone()));
+                effects.deliver(waiter, Err(error.clone()));
             }
         }
         let text = match &error {
             Error::Create(source) => source.to_string(),
             other => other.to_string(),
         };
-        effects.events.push(PoolEvent::CreateFailed {
+        effects.rare().events.push(PoolEvent::CreateFailed {
             error: text,
             consecutive_failures: self.consecutive_failures,
             backoff,
         });
-        effects.wake_maintenance = true;
+        effects.rare().wake_maintenance = true;
     }
 
     /// The error for a create that failed with the manager's `error`.
@@ -658,10 +653,10 @@ impl<T> State<T> {
         if let Some(error) = failure {
             self.counters.health_check_failures += 1;
             let instance = self.slot(index).id;
-            effects.events.push(PoolEvent::HealthCheckFailed { instance, error });
+            effects.rare().events.push(PoolEvent::HealthCheckFailed { instance, error });
             self.mark_retiring(index, DestroyReason::HealthCheckFailed);
         }
-        self.settle(index, now, effects);
+        self.settle(index, Some(now), effects);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -731,7 +726,7 @@ impl<T> State<T> {
                             slot.instance.clone().expect("an idle slot holds its instance");
                         self.slot_mut(index).checking = true;
                         self.refresh_availability(index);
-                        effects.checks.push((index, instance));
+                        effects.rare().checks.push((index, instance));
                     }
                 }
                 self.next_health_check = Some(now + interval);
@@ -749,9 +744,8 @@ impl<T> State<T> {
                 if held >= threshold {
                     record.reported = true;
                     self.counters.leaks_suspected += 1;
-                    effects
-                        .events
-                        .push(PoolEvent::LeakSuspected { instance: record.instance, held });
+                    let event = PoolEvent::LeakSuspected { instance: record.instance, held };
+                    effects.rare().events.push(event);
                 } else {
                     due(record.since + threshold);
                 }
@@ -776,11 +770,11 @@ impl<T> State<T> {
                 max: self.config.max,
                 concurrency: self.config.concurrency,
             };
-            effects.deliveries.push(waiter, Err(error));
+            effects.deliver(waiter, Err(error));
         }
 
         // Creates for the waiters and the warm minimum, after the backoff if one runs.
-        effects.creates += self.creates_needed(now);
+        effects.add_creates(self.creates_needed(now));
         if let Some(until) = self.backoff_until.filter(|until| now < *until) {
             let live = self.size - self.retiring + self.creating;
             if self.waiting > 0 || live < self.config.min {
@@ -806,17 +800,9 @@ impl<T> State<T> {
         self.config.min = min;
         self.config.max = max;
         let mut excess = (self.size - self.retiring).saturating_sub(max);
-        let mut idle: Vec<u32> = self
-            .slots
-            .indices()
-            .filter(|&index| {
-                self.slots
-                    .get(index)
-                    .is_some_and(|slot| slot.in_use == 0 && !slot.checking && slot.retire.is_none())
-            })
-            .collect();
-        // The least recently used go first.
-        idle.sort_by_key(|&index| self.slot(index).idle_since);
+        // The least recently returned go first: the front of the available set.
+        let idle: Vec<u32> =
+            self.available.iter().copied().filter(|&index| self.slot(index).in_use == 0).collect();
         for index in idle {
             if excess == 0 {
                 break;
@@ -833,9 +819,9 @@ impl<T> State<T> {
                 excess -= 1;
             }
         }
-        effects.events.push(PoolEvent::Resized { min, max });
-        effects.creates += self.creates_needed(now);
-        effects.wake_maintenance = true;
+        effects.rare().events.push(PoolEvent::Resized { min, max });
+        effects.add_creates(self.creates_needed(now));
+        effects.rare().wake_maintenance = true;
     }
 
     /// Stops taking acquires: fails the waiters, destroys idle instances and marks the rest to
@@ -848,7 +834,7 @@ impl<T> State<T> {
         let mut waiters_rejected = 0;
         while let Some(waiter) = self.next_waiter() {
             waiters_rejected += 1;
-            effects.deliveries.push(waiter, Err(Error::ShuttingDown));
+            effects.deliver(waiter, Err(Error::ShuttingDown));
         }
         for index in self.slots.indices() {
             let Some(slot) = self.slots.get(index) else { continue };
@@ -859,7 +845,7 @@ impl<T> State<T> {
                 self.mark_retiring(index, DestroyReason::Shutdown);
             }
         }
-        effects.wake_maintenance = true;
+        effects.rare().wake_maintenance = true;
         Closing { leases_outstanding: self.leased, waiters_rejected }
     }
 
@@ -904,7 +890,7 @@ impl<T> State<T> {
         if let Some(record) = record {
             self.remove_record(record);
         }
-        effects.creates += self.creates_needed(now);
+        effects.add_creates(self.creates_needed(now));
         true
     }
 }
