@@ -12,6 +12,10 @@
 //!   workers, W tasks share a pool of S objects and make 1024 checkouts between them, each
 //!   holding its object for nothing or across one `yield_now`. The time is the whole batch
 //!   (spawning the tasks included) divided by 1024: time per checkout.
+//! - `paired/hold=<none|yield>/W<tasks>xS<size>`: the `contended` workload again, with ours,
+//!   deadpool and bb8 timed in alternation batch after batch so that the machine's drift hits
+//!   all alike; the report is the table printed after the group: the median ratio ours/peer of
+//!   paired batches, with its quartiles. This is the table docs/performance.md quotes.
 //! - `fairness/<impl>`: 64 tasks, 4 objects, 50 checkouts each, each holding its object for
 //!   100 µs. The hold yields in a loop until 100 µs have passed rather than sleeping (tokio's
 //!   timer has a 1 ms granularity) or spinning (a spin blocks one of the two workers, so at most
@@ -26,10 +30,11 @@
 //! Compare within a row: absolute numbers on a shared two-core machine are noise, ratios less so.
 //!
 //! ```text
-//! cargo bench -p benches --bench pool                        # everything, ~4 min on 2 cores
+//! cargo bench -p benches --bench pool                        # everything, ~5 min on 2 cores
 //! cargo bench -p benches --bench pool -- uncontended         # one group
 //! cargo bench -p benches --bench pool -- 'contended/hold=none/.*/W32xS8'
 //! cargo bench -p benches --bench pool -- fairness            # the wait-time table
+//! cargo bench -p benches --bench pool -- paired              # the paired ratio table
 //! ```
 
 // A report tool: the fairness table goes to stdout, next to criterion's own output.

@@ -51,7 +51,7 @@ fn measurements(dir: &Path) -> Result<Vec<Measurement>, String> {
                 continue;
             }
             if path.file_name().is_some_and(|name| name == "new") {
-                found.push(measurement(&path)?);
+                found.extend(measurement(&path)?);
             } else {
                 pending.push(path);
             }
@@ -67,17 +67,22 @@ fn json(path: PathBuf) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))
 }
 
-fn measurement(new: &Path) -> Result<Measurement, String> {
+/// The measurement in a criterion `new` directory; `None` for the `paired` group, whose
+/// benchmark ids are cells, not implementations (it prints its own table of ratios).
+fn measurement(new: &Path) -> Result<Option<Measurement>, String> {
     let benchmark = json(new.join("benchmark.json"))?;
     let estimates = json(new.join("estimates.json"))?;
     let text = |key: &str| benchmark.get(key).and_then(Value::as_str).unwrap_or_default();
     let group = text("group_id");
+    if group == "paired" {
+        return Ok(None);
+    }
     let value = text("value_str");
     let cell = if value.is_empty() { group.to_owned() } else { format!("{group} {value}") };
     let median_ns = estimates["median"]["point_estimate"]
         .as_f64()
         .ok_or_else(|| format!("{} has no median", new.display()))?;
-    Ok(Measurement { cell, implementation: text("function_id").to_owned(), median_ns })
+    Ok(Some(Measurement { cell, implementation: text("function_id").to_owned(), median_ns }))
 }
 
 fn table(found: &[Measurement], peer: &str) -> String {
