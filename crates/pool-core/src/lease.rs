@@ -4,9 +4,10 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::mailbox::Mailbox;
 use crate::manager::Manager;
 use crate::pool::Inner;
-use crate::state::Grant;
+use crate::state::{Grant, Returned};
 use crate::status::InstanceId;
 
 /// An instance on loan from a [`Pool`](crate::Pool).
@@ -24,6 +25,8 @@ pub struct Lease<M: Manager> {
     exclusive: bool,
     broken: bool,
     record: Option<u32>,
+    /// The mailbox the lease arrived in, when its acquire waited: given back for reuse.
+    mailbox: Option<Arc<Mailbox<M::Instance>>>,
 }
 
 impl<M: Manager> Lease<M> {
@@ -36,7 +39,13 @@ impl<M: Manager> Lease<M> {
             exclusive: grant.exclusive,
             broken: false,
             record: grant.record,
+            mailbox: None,
         }
+    }
+
+    pub(crate) fn with_mailbox(mut self, mailbox: Option<Arc<Mailbox<M::Instance>>>) -> Self {
+        self.mailbox = mailbox;
+        self
     }
 
     /// The leased instance's id, as events name it.
@@ -94,7 +103,13 @@ impl<M: Manager> Drop for Lease<M> {
             drop(instance);
             None
         };
-        self.pool.release(self.slot, returned, self.broken, self.record);
+        self.pool.release(Returned {
+            slot: self.slot,
+            instance: returned,
+            broken: self.broken,
+            record: self.record,
+            mailbox: self.mailbox.take(),
+        });
     }
 }
 

@@ -65,6 +65,7 @@
 mod config;
 mod error;
 mod lease;
+mod mailbox;
 mod manager;
 mod pool;
 mod state;

@@ -16,8 +16,9 @@ use tokio::time::Instant;
 use crate::config::{PoolConfig, validate_size};
 use crate::error::{Error, Result};
 use crate::lease::Lease;
+use crate::mailbox::Mailbox;
 use crate::manager::Manager;
-use crate::state::{Delivery, Effects, Grant, Outcome, Priority, RareEffects, State, WaiterId};
+use crate::state::{Delivery, Effects, Grant, Priority, RareEffects, Returned, State, WaiterId};
 use crate::status::{PoolEvent, PoolStatus};
 
 /// Events kept for a subscriber that falls behind; older ones are dropped for it (it then
@@ -238,8 +239,8 @@ impl<M: Manager> Inner<M> {
         }
     }
 
-    fn deliver(self: &Arc<Self>, (sender, outcome): Delivery<M::Instance>) {
-        if let Err(Ok(grant)) = sender.send(outcome) {
+    fn deliver(self: &Arc<Self>, (mailbox, outcome): Delivery<M::Instance>) {
+        if let Some(grant) = mailbox.deliver(outcome) {
             drop(Lease::new(self.clone(), grant));
         }
     }
@@ -316,18 +317,12 @@ impl<M: Manager> Inner<M> {
     }
 
     /// A lease came back.
-    pub(crate) fn release(
-        self: &Arc<Self>,
-        slot: u32,
-        instance: Option<Arc<M::Instance>>,
-        broken: bool,
-        record: Option<u32>,
-    ) {
+    pub(crate) fn release(self: &Arc<Self>, returned: Returned<M::Instance>) {
         let now = self.clock_on_release.then(Instant::now);
         let mut effects = Effects::default();
         let closed = {
             let mut state = self.state.lock();
-            state.release(slot, instance, broken, record, now, &mut effects);
+            state.release(returned, now, &mut effects);
             state.closed
         };
         self.apply(effects);
@@ -408,7 +403,7 @@ pub struct Acquire<'a, M: Manager> {
 
 enum Stage<T> {
     Start { priority: Priority, timeout: Duration },
-    Queued { id: WaiterId, outcome: Outcome<T> },
+    Queued { id: WaiterId, mailbox: Arc<Mailbox<T>> },
     Done,
 }
 
@@ -433,27 +428,27 @@ impl<M: Manager> Future for Acquire<'_, M> {
                     Ok(Some(grant))
                 } else {
                     let now = now.unwrap_or_else(Instant::now);
-                    state.enqueue(priority, now, now + timeout, &mut effects).map(
-                        |(id, outcome)| {
-                            this.stage = Stage::Queued { id, outcome };
+                    let waker = cx.waker().clone();
+                    state.enqueue(priority, now, now + timeout, waker, &mut effects).map(
+                        |(id, mailbox)| {
+                            this.stage = Stage::Queued { id, mailbox };
                             None
                         },
                     )
                 }
             };
             this.inner.apply(effects);
-            match taken {
-                Ok(Some(grant)) => return this.finish(Ok(grant)),
-                Err(error) => return this.finish(Err(error)),
-                Ok(None) => {}
-            }
+            return match taken {
+                Ok(Some(grant)) => this.finish(Ok(grant)),
+                Err(error) => this.finish(Err(error)),
+                // Queued, with this task's waker in the mailbox.
+                Ok(None) => Poll::Pending,
+            };
         }
-        match &mut this.stage {
-            Stage::Queued { outcome, .. } => match Pin::new(outcome).poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(outcome)) => this.finish(outcome),
-                // The sender is dropped unsent only with the pool's state.
-                Poll::Ready(Err(_)) => this.finish(Err(Error::ShuttingDown)),
+        match &this.stage {
+            Stage::Queued { mailbox, .. } => match mailbox.poll(cx.waker()) {
+                None => Poll::Pending,
+                Some(outcome) => this.finish(outcome),
             },
             Stage::Start { .. } | Stage::Done => this.finish(Err(Error::ShuttingDown)),
         }
@@ -462,8 +457,13 @@ impl<M: Manager> Future for Acquire<'_, M> {
 
 impl<M: Manager> Acquire<'_, M> {
     fn finish(&mut self, outcome: Result<Grant<M::Instance>>) -> Poll<Result<Lease<M>>> {
-        self.stage = Stage::Done;
-        Poll::Ready(outcome.map(|grant| Lease::new(self.inner.clone(), grant)))
+        let mailbox = match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Queued { mailbox, .. } => Some(mailbox),
+            Stage::Start { .. } | Stage::Done => None,
+        };
+        Poll::Ready(
+            outcome.map(|grant| Lease::new(self.inner.clone(), grant).with_mailbox(mailbox)),
+        )
     }
 }
 
@@ -480,15 +480,14 @@ impl<M: Manager> fmt::Debug for Acquire<'_, M> {
 
 impl<M: Manager> Drop for Acquire<'_, M> {
     fn drop(&mut self) {
-        let Stage::Queued { id, outcome } = &mut self.stage else { return };
+        let Stage::Queued { id, mailbox } = &self.stage else { return };
         if self.inner.state.lock().abandon_wait(*id) {
             return;
         }
-        // Served already: the outcome is in the receiver, or the pool is about to send it.
-        // Closing first makes a later send fail, so the pool takes that grant back itself;
-        // one sent before is collected here.
-        outcome.close();
-        if let Ok(Ok(grant)) = outcome.try_recv() {
+        // Served already: the outcome is in the mailbox, or the pool is about to deliver it.
+        // Closing makes a later delivery hand the grant back to the pool; one delivered
+        // before is returned here.
+        if let Some(Ok(grant)) = mailbox.close() {
             drop(Lease::new(self.inner.clone(), grant));
         }
     }

@@ -5,11 +5,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use std::task::Waker;
+
 use tokio::time::Instant;
 
 use crate::config::{PoolConfig, Selection};
 use crate::error::{Error, ManagerError, Result};
+use crate::mailbox::{Mailbox, Mailboxes};
 use crate::status::{
     DestroyReason, InstanceId, PoolCounters, PoolEvent, PoolStatus, WaitHistogram,
 };
@@ -50,12 +52,13 @@ pub(crate) struct Grant<T> {
 }
 
 /// The waiter queue: FIFO within each priority. A waiter's cell holds its deadline and the
-/// sender of its outcome; the outcome is sent once the lock is released (see [`Effects`]),
-/// so a woken acquire collects it without taking the lock again.
+/// mailbox of its outcome; the outcome is delivered once the lock is released (see
+/// [`Effects`]), so a woken acquire collects it without taking the pool's lock again.
 #[derive(Debug)]
 struct Waiters<T> {
     queues: [VecDeque<u32>; 3],
     cells: Slab<WaiterCell<T>>,
+    mailboxes: Mailboxes<T>,
     next_token: u64,
 }
 
@@ -67,7 +70,19 @@ struct WaiterCell<T> {
     token: u64,
     enqueued: Instant,
     deadline: Instant,
-    sender: oneshot::Sender<Result<Grant<T>>>,
+    mailbox: Arc<Mailbox<T>>,
+}
+
+/// A lease coming back to the pool.
+#[derive(Debug)]
+pub(crate) struct Returned<T> {
+    pub(crate) slot: u32,
+    /// The instance, when the lease owned it (concurrency 1).
+    pub(crate) instance: Option<Arc<T>>,
+    pub(crate) broken: bool,
+    pub(crate) record: Option<u32>,
+    /// The mailbox of the acquire that waited for this lease, to reuse.
+    pub(crate) mailbox: Option<Arc<Mailbox<T>>>,
 }
 
 /// Identifies a queued acquire: its cell and the token it was given.
@@ -77,17 +92,15 @@ pub(crate) struct WaiterId {
     token: u64,
 }
 
-/// What a queued acquire receives: its lease, or the error that ended its wait.
-pub(crate) type Outcome<T> = oneshot::Receiver<Result<Grant<T>>>;
-
 /// An outcome on its way to the acquire that waits for it.
-pub(crate) type Delivery<T> = (oneshot::Sender<Result<Grant<T>>>, Result<Grant<T>>);
+pub(crate) type Delivery<T> = (Arc<Mailbox<T>>, Result<Grant<T>>);
 
 impl<T> Waiters<T> {
     fn new() -> Self {
         Self {
             queues: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
             cells: Slab::default(),
+            mailboxes: Mailboxes::default(),
             next_token: 0,
         }
     }
@@ -97,13 +110,15 @@ impl<T> Waiters<T> {
         priority: Priority,
         enqueued: Instant,
         deadline: Instant,
-    ) -> (WaiterId, Outcome<T>) {
-        let (sender, receiver) = oneshot::channel();
+        waker: Waker,
+    ) -> (WaiterId, Arc<Mailbox<T>>) {
+        let mailbox = self.mailboxes.lend(waker);
         let token = self.next_token;
         self.next_token += 1;
-        let cell = self.cells.insert(WaiterCell { priority, token, enqueued, deadline, sender });
+        let waiter = WaiterCell { priority, token, enqueued, deadline, mailbox: mailbox.clone() };
+        let cell = self.cells.insert(waiter);
         self.queues[priority.index()].push_back(cell);
-        (WaiterId { cell, token }, receiver)
+        (WaiterId { cell, token }, mailbox)
     }
 
     /// The next waiter to serve, out of the queue.
@@ -209,7 +224,7 @@ impl<T> Effects<T> {
     }
 
     fn deliver(&mut self, waiter: WaiterCell<T>, outcome: Result<Grant<T>>) {
-        let delivery = (waiter.sender, outcome);
+        let delivery = (waiter.mailbox, outcome);
         if self.delivery.is_none() {
             self.delivery = Some(delivery);
         } else {
@@ -397,13 +412,14 @@ impl<T> State<T> {
         priority: Priority,
         now: Instant,
         deadline: Instant,
+        waker: Waker,
         effects: &mut Effects<T>,
-    ) -> Result<(WaiterId, Outcome<T>)> {
+    ) -> Result<(WaiterId, Arc<Mailbox<T>>)> {
         if self.waiting >= self.config.queue_limit {
             self.counters.queue_full += 1;
             return Err(Error::QueueFull { limit: self.config.queue_limit, max: self.config.max });
         }
-        let queued = self.waiters.push(priority, now, deadline);
+        let queued = self.waiters.push(priority, now, deadline, waker);
         self.waiting += 1;
         // The maintenance task times waiters out; wake it if this deadline comes first.
         if self.maintenance_due.is_none_or(|due| deadline < due) {
@@ -464,13 +480,14 @@ impl<T> State<T> {
     /// A lease came back: return the instance, or retire it when it must go.
     pub(crate) fn release(
         &mut self,
-        index: u32,
-        instance: Option<Arc<T>>,
-        broken: bool,
-        record: Option<u32>,
+        returned: Returned<T>,
         now: Option<Instant>,
         effects: &mut Effects<T>,
     ) {
+        let Returned { slot: index, instance, broken, record, mailbox } = returned;
+        if let Some(mailbox) = mailbox {
+            self.waiters.mailboxes.give_back(mailbox, self.config.queue_limit);
+        }
         self.leased -= 1;
         if let Some(record) = record {
             self.remove_record(record);
