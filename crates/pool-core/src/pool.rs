@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -62,6 +63,9 @@ pub(crate) struct Inner<M: Manager> {
     clock_on_acquire: bool,
     /// Whether releases read the clock (for `idle_timeout` or `max_lifetime`).
     clock_on_release: bool,
+    /// How many acquires wait, as last set under the lock. While some do, acquires (which will
+    /// queue) and releases (which will serve one) read the clock before taking the lock.
+    waiting_hint: Arc<AtomicUsize>,
     /// The config's fixed timings, readable without the lock.
     timings: Timings,
     runtime: runtime::Handle,
@@ -109,14 +113,17 @@ impl<M: Manager> Pool<M> {
             destroy_grace: config.destroy_grace,
         };
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let state = State::new(config, Instant::now());
+        let waiting_hint = state.waiting_hint();
         let inner = Arc::new(Inner {
             manager,
-            state: Mutex::new(State::new(config, Instant::now())),
+            state: Mutex::new(state),
             events,
             wake: Notify::new(),
             changed: Notify::new(),
             clock_on_acquire,
             clock_on_release,
+            waiting_hint,
             timings,
             runtime,
         });
@@ -316,9 +323,13 @@ impl<M: Manager> Inner<M> {
         self.changed.notify_waiters();
     }
 
+    fn someone_waits(&self) -> bool {
+        self.waiting_hint.load(Ordering::Relaxed) > 0
+    }
+
     /// A lease came back.
     pub(crate) fn release(self: &Arc<Self>, returned: Returned<M::Instance>) {
-        let now = self.clock_on_release.then(Instant::now);
+        let now = (self.clock_on_release || self.someone_waits()).then(Instant::now);
         let mut effects = Effects::default();
         let closed = {
             let mut state = self.state.lock();
@@ -413,7 +424,8 @@ impl<M: Manager> Future for Acquire<'_, M> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if let Stage::Start { priority, timeout } = this.stage {
-            let now = this.inner.clock_on_acquire.then(Instant::now);
+            let now =
+                (this.inner.clock_on_acquire || this.inner.someone_waits()).then(Instant::now);
             let mut effects = Effects::default();
             let taken = {
                 let mut state = this.inner.state.lock();

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::task::Waker;
 
@@ -56,8 +57,7 @@ pub(crate) struct Grant<T> {
 /// [`Effects`]), so a woken acquire collects it without taking the pool's lock again.
 #[derive(Debug)]
 struct Waiters<T> {
-    queues: [VecDeque<u32>; 3],
-    cells: Slab<WaiterCell<T>>,
+    queues: [VecDeque<WaiterCell<T>>; 3],
     mailboxes: Mailboxes<T>,
     next_token: u64,
 }
@@ -65,8 +65,7 @@ struct Waiters<T> {
 /// One waiting acquire.
 #[derive(Debug)]
 struct WaiterCell<T> {
-    priority: Priority,
-    /// Tells this waiter from a later one that reuses its cell.
+    /// Tells this waiter from every other; grows along each queue.
     token: u64,
     enqueued: Instant,
     deadline: Instant,
@@ -85,10 +84,10 @@ pub(crate) struct Returned<T> {
     pub(crate) mailbox: Option<Arc<Mailbox<T>>>,
 }
 
-/// Identifies a queued acquire: its cell and the token it was given.
+/// Identifies a queued acquire: its queue and the token it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WaiterId {
-    cell: u32,
+    priority: Priority,
     token: u64,
 }
 
@@ -99,7 +98,6 @@ impl<T> Waiters<T> {
     fn new() -> Self {
         Self {
             queues: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
-            cells: Slab::default(),
             mailboxes: Mailboxes::default(),
             next_token: 0,
         }
@@ -115,29 +113,39 @@ impl<T> Waiters<T> {
         let mailbox = self.mailboxes.lend(waker);
         let token = self.next_token;
         self.next_token += 1;
-        let waiter = WaiterCell { priority, token, enqueued, deadline, mailbox: mailbox.clone() };
-        let cell = self.cells.insert(waiter);
-        self.queues[priority.index()].push_back(cell);
-        (WaiterId { cell, token }, mailbox)
+        let waiter = WaiterCell { token, enqueued, deadline, mailbox: mailbox.clone() };
+        self.queues[priority.index()].push_back(waiter);
+        (WaiterId { priority, token }, mailbox)
     }
 
     /// The next waiter to serve, out of the queue.
     fn pop(&mut self) -> Option<WaiterCell<T>> {
-        let cell = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
-        self.cells.remove(cell)
+        self.queues.iter_mut().find_map(VecDeque::pop_front)
     }
 
     /// Takes a waiter out of the queue; `None` when it was already served.
     fn remove(&mut self, id: WaiterId) -> Option<WaiterCell<T>> {
-        if self.cells.get(id.cell)?.token != id.token {
-            return None;
+        let queue = &mut self.queues[id.priority.index()];
+        let position = queue.binary_search_by_key(&id.token, |waiter| waiter.token).ok()?;
+        queue.remove(position)
+    }
+
+    /// Takes out every waiter whose deadline has passed; returns the earliest deadline left.
+    fn expire(&mut self, now: Instant, expired: &mut Vec<WaiterCell<T>>) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for queue in &mut self.queues {
+            let mut position = 0;
+            while position < queue.len() {
+                if queue[position].deadline <= now {
+                    expired.extend(queue.remove(position));
+                } else {
+                    let deadline = queue[position].deadline;
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                    position += 1;
+                }
+            }
         }
-        let cell = self.cells.remove(id.cell)?;
-        let queue = &mut self.queues[cell.priority.index()];
-        if let Some(position) = queue.iter().position(|&queued| queued == id.cell) {
-            queue.remove(position);
-        }
-        Some(cell)
+        next
     }
 }
 
@@ -250,6 +258,9 @@ pub(crate) struct State<T> {
     waiters: Waiters<T>,
     /// Acquires in the queue.
     waiting: usize,
+    /// A copy of `waiting` readable without the lock, so that an acquire or release that will
+    /// need the clock reads it before locking rather than inside.
+    waiting_hint: Arc<AtomicUsize>,
     /// Live slots, counting busy, checking and retiring ones.
     size: usize,
     /// Live slots marked to retire.
@@ -278,6 +289,7 @@ impl<T> State<T> {
             available: VecDeque::new(),
             waiters: Waiters::new(),
             waiting: 0,
+            waiting_hint: Arc::default(),
             size: 0,
             retiring: 0,
             creating: 0,
@@ -297,6 +309,16 @@ impl<T> State<T> {
 
     pub(crate) fn waiting(&self) -> usize {
         self.waiting
+    }
+
+    fn set_waiting(&mut self, waiting: usize) {
+        self.waiting = waiting;
+        self.waiting_hint.store(waiting, Ordering::Relaxed);
+    }
+
+    /// The lock-free copy of the number of waiting acquires.
+    pub(crate) fn waiting_hint(&self) -> Arc<AtomicUsize> {
+        self.waiting_hint.clone()
     }
 
     fn slot(&self, index: u32) -> &Slot<T> {
@@ -420,7 +442,7 @@ impl<T> State<T> {
             return Err(Error::QueueFull { limit: self.config.queue_limit, max: self.config.max });
         }
         let queued = self.waiters.push(priority, now, deadline, waker);
-        self.waiting += 1;
+        self.set_waiting(self.waiting + 1);
         // The maintenance task times waiters out; wake it if this deadline comes first.
         if self.maintenance_due.is_none_or(|due| deadline < due) {
             self.maintenance_due = Some(deadline);
@@ -435,7 +457,7 @@ impl<T> State<T> {
     pub(crate) fn abandon_wait(&mut self, id: WaiterId) -> bool {
         let removed = self.waiters.remove(id).is_some();
         if removed {
-            self.waiting -= 1;
+            self.set_waiting(self.waiting - 1);
         }
         removed
     }
@@ -443,7 +465,7 @@ impl<T> State<T> {
     /// The next waiter to serve, out of the queue.
     fn next_waiter(&mut self) -> Option<WaiterCell<T>> {
         let waiter = self.waiters.pop()?;
-        self.waiting -= 1;
+        self.set_waiting(self.waiting - 1);
         Some(waiter)
     }
 
@@ -771,23 +793,21 @@ impl<T> State<T> {
         }
 
         // Acquires that waited until their deadline.
-        for cell in self.waiters.cells.indices() {
-            let Some(waiter) = self.waiters.cells.get(cell) else { continue };
-            if now < waiter.deadline {
-                due(waiter.deadline);
-                continue;
+        if self.waiting > 0 {
+            let mut expired = Vec::new();
+            if let Some(deadline) = self.waiters.expire(now, &mut expired) {
+                due(deadline);
             }
-            let id = WaiterId { cell, token: waiter.token };
-            let waited = now.saturating_duration_since(waiter.enqueued);
-            let waiter = self.waiters.remove(id).expect("the waiter was just seen");
-            self.waiting -= 1;
-            self.counters.timeouts += 1;
-            let error = Error::Timeout {
-                waited,
-                max: self.config.max,
-                concurrency: self.config.concurrency,
-            };
-            effects.deliver(waiter, Err(error));
+            for waiter in expired {
+                self.set_waiting(self.waiting - 1);
+                self.counters.timeouts += 1;
+                let error = Error::Timeout {
+                    waited: now.saturating_duration_since(waiter.enqueued),
+                    max: self.config.max,
+                    concurrency: self.config.concurrency,
+                };
+                effects.deliver(waiter, Err(error));
+            }
         }
 
         // Creates for the waiters and the warm minimum, after the backoff if one runs.
