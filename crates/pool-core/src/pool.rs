@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{PoolConfig, validate_size};
-use crate::error::{Error, Result};
+use crate::error::{Error, ManagerError, Result};
 use crate::lease::Lease;
 use crate::mailbox::Mailbox;
 use crate::manager::Manager;
@@ -296,11 +296,8 @@ impl<M: Manager> Inner<M> {
             match result {
                 Ok(Ok(instance)) => state.created(instance, now, &mut effects),
                 Ok(Err(error)) => {
-                    state.create_failed(
-                        State::<M::Instance>::create_error(error),
-                        now,
-                        &mut effects,
-                    );
+                    let error = Error::Create(ManagerError::new(error));
+                    state.create_failed(error, now, &mut effects);
                 }
                 Err(_) => state.create_failed(Error::CreateTimeout { timeout }, now, &mut effects),
             }

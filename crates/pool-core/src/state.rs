@@ -11,7 +11,7 @@ use std::task::Waker;
 use tokio::time::Instant;
 
 use crate::config::{PoolConfig, Selection};
-use crate::error::{Error, ManagerError, Result};
+use crate::error::{Error, Result};
 use crate::mailbox::{Mailbox, Mailboxes};
 use crate::status::{
     DestroyReason, InstanceId, PoolCounters, PoolEvent, PoolStatus, WaitHistogram,
@@ -670,11 +670,6 @@ impl<T> State<T> {
             backoff,
         });
         effects.rare().wake_maintenance = true;
-    }
-
-    /// The error for a create that failed with the manager's `error`.
-    pub(crate) fn create_error(error: impl std::error::Error + Send + Sync + 'static) -> Error {
-        Error::Create(ManagerError::new(error))
     }
 
     // -----------------------------------------------------------------------------------------
