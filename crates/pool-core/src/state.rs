@@ -394,7 +394,6 @@ impl<T> State<T> {
             self.retiring += 1;
         }
         self.leased += 1;
-        self.counters.acquired += 1;
         let record = match (self.config.leak_threshold, now) {
             (Some(_), Some(since)) => Some(self.add_record(id, since)),
             _ => None,
@@ -900,7 +899,8 @@ impl<T> State<T> {
             creating: self.creating,
             waiting: self.waiting,
             closed: self.closed,
-            counters: self.counters.clone(),
+            // Every lease handed out is one recorded wait (zero for an immediate one).
+            counters: PoolCounters { acquired: self.waits.count(), ..self.counters.clone() },
             wait: self.waits.summary(),
         }
     }

@@ -170,6 +170,11 @@ impl Default for WaitHistogram {
 }
 
 impl WaitHistogram {
+    /// Acquires recorded.
+    pub(crate) fn count(&self) -> u64 {
+        self.count
+    }
+
     /// Records an acquire that did not wait.
     pub(crate) fn record_immediate(&mut self) {
         self.buckets[0] += 1;
