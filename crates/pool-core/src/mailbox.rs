@@ -28,9 +28,8 @@ impl<T> Mailbox<T> {
         Self { slot: Mutex::new(Slot { outcome: None, waker: Some(waker), closed: false }) }
     }
 
-    /// Makes a lent-out mailbox ready for a new wait.
-    fn reset(&self, waker: Waker) {
-        let mut slot = self.slot.lock();
+    /// Makes a mailbox ready for a new wait.
+    fn reset(slot: &mut Slot<T>, waker: Waker) {
         slot.outcome = None;
         slot.waker = Some(waker);
         slot.closed = false;
@@ -93,8 +92,13 @@ impl<T> Mailboxes<T> {
     /// Lends a mailbox for a new wait, waking `waker` when its outcome arrives.
     pub(crate) fn lend(&mut self, waker: Waker) -> Arc<Mailbox<T>> {
         match self.free.pop() {
-            Some(mailbox) => {
-                mailbox.reset(waker);
+            Some(mut mailbox) => {
+                // Usually nobody else holds it any more and its lock can be skipped; a delivery
+                // that has just finished may still hold a reference for a moment.
+                match Arc::get_mut(&mut mailbox) {
+                    Some(unique) => Mailbox::reset(unique.slot.get_mut(), waker),
+                    None => Mailbox::reset(&mut mailbox.slot.lock(), waker),
+                }
                 mailbox
             }
             None => Arc::new(Mailbox::new(waker)),
