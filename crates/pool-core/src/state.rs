@@ -58,6 +58,11 @@ pub(crate) struct Grant<T> {
 #[derive(Debug)]
 struct Waiters<T> {
     queues: [VecDeque<WaiterCell<T>>; 3],
+    /// Waiters in all queues, kept with every change.
+    len: usize,
+    /// A copy of `len` readable without the lock, so that an acquire or release that will need
+    /// the clock reads it before locking rather than inside.
+    hint: Arc<AtomicUsize>,
     mailboxes: Mailboxes<T>,
     next_token: u64,
 }
@@ -98,6 +103,8 @@ impl<T> Waiters<T> {
     fn new() -> Self {
         Self {
             queues: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
+            len: 0,
+            hint: Arc::default(),
             mailboxes: Mailboxes::default(),
             next_token: 0,
         }
@@ -115,19 +122,29 @@ impl<T> Waiters<T> {
         self.next_token += 1;
         let waiter = WaiterCell { token, enqueued, deadline, mailbox: mailbox.clone() };
         self.queues[priority.index()].push_back(waiter);
+        self.set_len(self.len + 1);
         (WaiterId { priority, token }, mailbox)
+    }
+
+    fn set_len(&mut self, len: usize) {
+        self.len = len;
+        self.hint.store(len, Ordering::Relaxed);
     }
 
     /// The next waiter to serve, out of the queue.
     fn pop(&mut self) -> Option<WaiterCell<T>> {
-        self.queues.iter_mut().find_map(VecDeque::pop_front)
+        let waiter = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
+        self.set_len(self.len - 1);
+        Some(waiter)
     }
 
     /// Takes a waiter out of the queue; `None` when it was already served.
     fn remove(&mut self, id: WaiterId) -> Option<WaiterCell<T>> {
         let queue = &mut self.queues[id.priority.index()];
         let position = queue.binary_search_by_key(&id.token, |waiter| waiter.token).ok()?;
-        queue.remove(position)
+        let waiter = queue.remove(position)?;
+        self.set_len(self.len - 1);
+        Some(waiter)
     }
 
     /// Takes out every waiter whose deadline has passed; returns the earliest deadline left.
@@ -145,6 +162,7 @@ impl<T> Waiters<T> {
                 }
             }
         }
+        self.set_len(self.queues.iter().map(VecDeque::len).sum());
         next
     }
 }
@@ -256,11 +274,6 @@ pub(crate) struct State<T> {
     /// Slots that can take a lease, in selection order (the back is the most recent).
     available: VecDeque<u32>,
     waiters: Waiters<T>,
-    /// Acquires in the queue.
-    waiting: usize,
-    /// A copy of `waiting` readable without the lock, so that an acquire or release that will
-    /// need the clock reads it before locking rather than inside.
-    waiting_hint: Arc<AtomicUsize>,
     /// Live slots, counting busy, checking and retiring ones.
     size: usize,
     /// Live slots marked to retire.
@@ -288,8 +301,6 @@ impl<T> State<T> {
             slots: Slab::default(),
             available: VecDeque::new(),
             waiters: Waiters::new(),
-            waiting: 0,
-            waiting_hint: Arc::default(),
             size: 0,
             retiring: 0,
             creating: 0,
@@ -307,18 +318,14 @@ impl<T> State<T> {
         }
     }
 
+    /// Acquires in the queue.
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting
-    }
-
-    fn set_waiting(&mut self, waiting: usize) {
-        self.waiting = waiting;
-        self.waiting_hint.store(waiting, Ordering::Relaxed);
+        self.waiters.len
     }
 
     /// The lock-free copy of the number of waiting acquires.
     pub(crate) fn waiting_hint(&self) -> Arc<AtomicUsize> {
-        self.waiting_hint.clone()
+        self.waiters.hint.clone()
     }
 
     fn slot(&self, index: u32) -> &Slot<T> {
@@ -436,12 +443,11 @@ impl<T> State<T> {
         waker: Waker,
         effects: &mut Effects<T>,
     ) -> Result<(WaiterId, Arc<Mailbox<T>>)> {
-        if self.waiting >= self.config.queue_limit {
+        if self.waiters.len >= self.config.queue_limit {
             self.counters.queue_full += 1;
             return Err(Error::QueueFull { limit: self.config.queue_limit, max: self.config.max });
         }
         let queued = self.waiters.push(priority, now, deadline, waker);
-        self.set_waiting(self.waiting + 1);
         // The maintenance task times waiters out; wake it if this deadline comes first.
         if self.maintenance_due.is_none_or(|due| deadline < due) {
             self.maintenance_due = Some(deadline);
@@ -452,30 +458,19 @@ impl<T> State<T> {
     }
 
     /// A queued acquire was dropped: leave the queue. `false` when it was already served (its
-    /// outcome is then in its receiver, or about to be).
+    /// outcome is then in its mailbox, or about to be).
     pub(crate) fn abandon_wait(&mut self, id: WaiterId) -> bool {
-        let removed = self.waiters.remove(id).is_some();
-        if removed {
-            self.set_waiting(self.waiting - 1);
-        }
-        removed
-    }
-
-    /// The next waiter to serve, out of the queue.
-    fn next_waiter(&mut self) -> Option<WaiterCell<T>> {
-        let waiter = self.waiters.pop()?;
-        self.set_waiting(self.waiting - 1);
-        Some(waiter)
+        self.waiters.remove(id).is_some()
     }
 
     /// Hands leases on `index` to waiters while it has room, then updates its availability.
     fn serve_waiters(&mut self, index: u32, now: Instant, effects: &mut Effects<T>) {
-        if self.waiting > 0 && self.slot(index).in_available {
+        if self.waiters.len > 0 && self.slot(index).in_available {
             // Leasing expects the slot out of the available set; it goes back if it has room.
             self.take_out_of_available(index);
         }
-        while self.waiting > 0 && self.can_lease(self.slot(index)) {
-            let waiter = self.next_waiter().expect("the queue is not empty");
+        while self.waiters.len > 0 && self.can_lease(self.slot(index)) {
+            let waiter = self.waiters.pop().expect("the queue is not empty");
             let grant = self.lease_slot(index, Some(now));
             self.counters.waited += 1;
             self.waits.record(now.saturating_duration_since(waiter.enqueued));
@@ -555,7 +550,7 @@ impl<T> State<T> {
                 return;
             }
         }
-        if self.waiting > 0 {
+        if self.waiters.len > 0 {
             self.serve_waiters(index, clock(), effects);
         } else {
             self.refresh_availability(index);
@@ -607,7 +602,7 @@ impl<T> State<T> {
         }
         let concurrency = self.config.concurrency;
         let live = self.size - self.retiring;
-        let for_waiters = self.waiting.div_ceil(concurrency).saturating_sub(self.creating);
+        let for_waiters = self.waiters.len.div_ceil(concurrency).saturating_sub(self.creating);
         let for_min = self.config.min.saturating_sub(live + self.creating);
         let room = self.config.max.saturating_sub(self.size + self.creating);
         let parallel = self.config.max_concurrent_creates.saturating_sub(self.creating);
@@ -653,9 +648,9 @@ impl<T> State<T> {
         // running can serve, at most one instance's worth, in service order.
         let concurrency = self.config.concurrency;
         let covered = self.creating * concurrency;
-        let counting_on_it = self.waiting.saturating_sub(covered).min(concurrency);
+        let counting_on_it = self.waiters.len.saturating_sub(covered).min(concurrency);
         for _ in 0..counting_on_it {
-            if let Some(waiter) = self.next_waiter() {
+            if let Some(waiter) = self.waiters.pop() {
                 effects.deliver(waiter, Err(error.clone()));
             }
         }
@@ -787,13 +782,12 @@ impl<T> State<T> {
         }
 
         // Acquires that waited until their deadline.
-        if self.waiting > 0 {
+        if self.waiters.len > 0 {
             let mut expired = Vec::new();
             if let Some(deadline) = self.waiters.expire(now, &mut expired) {
                 due(deadline);
             }
             for waiter in expired {
-                self.set_waiting(self.waiting - 1);
                 self.counters.timeouts += 1;
                 let error = Error::Timeout {
                     waited: now.saturating_duration_since(waiter.enqueued),
@@ -808,7 +802,7 @@ impl<T> State<T> {
         effects.add_creates(self.creates_needed(now));
         if let Some(until) = self.backoff_until.filter(|until| now < *until) {
             let live = self.size - self.retiring + self.creating;
-            if self.waiting > 0 || live < self.config.min {
+            if self.waiters.len > 0 || live < self.config.min {
                 due(until);
             }
         }
@@ -863,7 +857,7 @@ impl<T> State<T> {
         }
         self.closed = true;
         let mut waiters_rejected = 0;
-        while let Some(waiter) = self.next_waiter() {
+        while let Some(waiter) = self.waiters.pop() {
             waiters_rejected += 1;
             effects.deliver(waiter, Err(Error::ShuttingDown));
         }
@@ -897,7 +891,7 @@ impl<T> State<T> {
             retiring: self.retiring,
             leased: self.leased,
             creating: self.creating,
-            waiting: self.waiting,
+            waiting: self.waiters.len,
             closed: self.closed,
             // Every lease handed out is one recorded wait (zero for an immediate one).
             counters: PoolCounters { acquired: self.waits.count(), ..self.counters.clone() },
