@@ -400,8 +400,8 @@ async fn maintain<M: Manager>(inner: Arc<Inner<M>>) {
 /// The future of [`Pool::acquire`] and [`Pool::acquire_with`]: resolves to a [`Lease`].
 ///
 /// Its first poll takes an instance or joins the queue, in one lock; once queued, it waits on
-/// the receiver of its outcome — a lease, or the error that ended its wait — without touching
-/// the lock. Dropping it while queued leaves the queue, or returns a lease that arrived and was
+/// its mailbox for the outcome — a lease, or the error that ended its wait — without touching
+/// the pool's lock. Dropping it while queued leaves the queue, or returns a lease that arrived and was
 /// never collected.
 #[must_use = "futures do nothing unless polled"]
 pub struct Acquire<'a, M: Manager> {
