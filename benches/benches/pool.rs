@@ -114,7 +114,7 @@ impl pool_core::Manager for Noop {
     type Instance = Object;
     type Error = Infallible;
 
-    async fn create(&self) -> Result<Object, Infallible> {
+    async fn create(&self, _: pool_core::InstanceId) -> Result<Object, Infallible> {
         Ok(self.make().await)
     }
 }

@@ -23,7 +23,7 @@
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use pool_core::{Manager, Pool, PoolConfig};
+//! use pool_core::{InstanceId, Manager, Pool, PoolConfig};
 //!
 //! /// Hands out numbered buffers.
 //! struct Buffers;
@@ -33,7 +33,7 @@
 //!     type Instance = Vec<u8>;
 //!     type Error = Infallible;
 //!
-//!     async fn create(&self) -> Result<Vec<u8>, Infallible> {
+//!     async fn create(&self, _: InstanceId) -> Result<Vec<u8>, Infallible> {
 //!         Ok(Vec::with_capacity(4096))
 //!     }
 //! }

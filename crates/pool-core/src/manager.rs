@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::status::InstanceId;
+
 /// Creates, checks and destroys the instances of one [`Pool`](crate::Pool).
 ///
 /// The pool decides *when*; the manager knows *how*. Every method may take as long as it needs:
@@ -17,8 +19,16 @@ pub trait Manager: Send + Sync + 'static {
     /// [`Error::Create`](crate::Error::Create).
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Creates a new instance, ready to be leased.
-    async fn create(&self) -> Result<Self::Instance, Self::Error>;
+    /// Creates a new instance, ready to be leased. `id` is the id the pool will know it by, in
+    /// its events and on its leases; a manager that labels what it creates can use it.
+    async fn create(&self, id: InstanceId) -> Result<Self::Instance, Self::Error>;
+
+    /// Called as an acquire receives a lease on `instance`, on the acquiring task and outside
+    /// the pool's lock; a manager that keeps usage statistics on its instances updates them
+    /// here. The default does nothing.
+    fn leased(&self, instance: &Self::Instance) {
+        let _ = instance;
+    }
 
     /// Checks that an idle instance is still alive and fit for reuse; an error destroys it.
     /// Called in the background every `health_check_interval`, never on the acquire path.

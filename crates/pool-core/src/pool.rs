@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crate::lease::Lease;
 use crate::mailbox::Mailbox;
 use crate::manager::Manager;
 use crate::state::{Delivery, Effects, Grant, Priority, RareEffects, Returned, State, WaiterId};
-use crate::status::{PoolEvent, PoolStatus};
+use crate::status::{InstanceId, PoolEvent, PoolStatus};
 
 /// Events kept for a subscriber that falls behind; older ones are dropped for it (it then
 /// receives `RecvError::Lagged`).
@@ -68,6 +68,8 @@ pub(crate) struct Inner<M: Manager> {
     waiting_hint: Arc<AtomicUsize>,
     /// The config's fixed timings, readable without the lock.
     timings: Timings,
+    /// The id of the next instance to create; ids are handed out as creates start.
+    next_instance: AtomicU64,
     runtime: runtime::Handle,
 }
 
@@ -125,6 +127,7 @@ impl<M: Manager> Pool<M> {
             clock_on_release,
             waiting_hint,
             timings,
+            next_instance: AtomicU64::new(0),
             runtime,
         });
         let maintenance = inner.runtime.spawn(maintain(inner.clone()));
@@ -288,13 +291,14 @@ impl<M: Manager> Inner<M> {
 
     async fn create_one(self: Arc<Self>) {
         let timeout = self.timings.create_timeout;
-        let result = tokio::time::timeout(timeout, self.manager.create()).await;
+        let id = InstanceId(self.next_instance.fetch_add(1, Ordering::Relaxed));
+        let result = tokio::time::timeout(timeout, self.manager.create(id)).await;
         let now = Instant::now();
         let mut effects = Effects::default();
         {
             let mut state = self.state.lock();
             match result {
-                Ok(Ok(instance)) => state.created(instance, now, &mut effects),
+                Ok(Ok(instance)) => state.created(id, instance, now, &mut effects),
                 Ok(Err(error)) => {
                     let error = Error::Create(ManagerError::new(error));
                     state.create_failed(error, now, &mut effects);
@@ -470,9 +474,10 @@ impl<M: Manager> Acquire<'_, M> {
             Stage::Queued { mailbox, .. } => Some(mailbox),
             Stage::Start { .. } | Stage::Done => None,
         };
-        Poll::Ready(
-            outcome.map(|grant| Lease::new(self.inner.clone(), grant).with_mailbox(mailbox)),
-        )
+        Poll::Ready(outcome.map(|grant| {
+            self.inner.manager.leased(&grant.instance);
+            Lease::new(self.inner.clone(), grant).with_mailbox(mailbox)
+        }))
     }
 }
 

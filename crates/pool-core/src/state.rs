@@ -286,7 +286,6 @@ pub(crate) struct State<T> {
     pub(crate) closed: bool,
     pub(crate) counters: PoolCounters,
     waits: WaitHistogram,
-    next_instance: u64,
     lease_records: Slab<LeaseRecord>,
     next_health_check: Option<Instant>,
     /// When the maintenance task will next run on its own; an earlier waiter deadline wakes it.
@@ -311,7 +310,6 @@ impl<T> State<T> {
             closed: false,
             counters: PoolCounters::default(),
             waits: WaitHistogram::default(),
-            next_instance: 0,
             lease_records: Slab::default(),
             next_health_check,
             maintenance_due: None,
@@ -612,13 +610,17 @@ impl<T> State<T> {
     }
 
     /// A create succeeded: add the instance and serve waiters from it.
-    pub(crate) fn created(&mut self, instance: T, now: Instant, effects: &mut Effects<T>) {
+    pub(crate) fn created(
+        &mut self,
+        id: InstanceId,
+        instance: T,
+        now: Instant,
+        effects: &mut Effects<T>,
+    ) {
         self.creating -= 1;
         self.consecutive_failures = 0;
         self.backoff_until = None;
         self.counters.created += 1;
-        let id = InstanceId(self.next_instance);
-        self.next_instance += 1;
         let slot = Slot {
             id,
             instance: Some(Arc::new(instance)),

@@ -64,7 +64,7 @@ impl Manager for TestManager {
     type Instance = TestInstance;
     type Error = TestError;
 
-    async fn create(&self) -> Result<TestInstance, TestError> {
+    async fn create(&self, _: pool_core::InstanceId) -> Result<TestInstance, TestError> {
         let serial = self.probe.creates_started.fetch_add(1, Ordering::SeqCst);
         self.probe.create_times.lock().push(Instant::now());
         let gate = self.probe.create_gate.lock().clone();
