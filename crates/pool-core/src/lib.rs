@@ -58,23 +58,43 @@
 //! create failed, health check failed, leak suspected, resized); [`Pool::status`] is a
 //! [`PoolStatus`] snapshot with sizes, counters and the distribution of wait times.
 //!
+//! # Functions and backends
+//!
+//! On top of the engine sits the serverless layer: a [`FunctionSpec`] names a function and
+//! carries its backend's spec; a [`Backend`] (processes, containers, pods, worker threads)
+//! launches, probes and terminates [`Instance`]s of it and reaps what dead owners left behind;
+//! and [`FunctionManager`] turns a backend and a function into a [`Manager`], so that a pool of
+//! function instances is `Pool::new(FunctionManager::new(backend, spec)?, config)`. Every
+//! instance carries its [`Scope`] — the pool name and the [`OwnerId`] of the process that
+//! launched it — so that a restarted owner finds its predecessor's leftovers.
+//!
 //! # Feature flags
 //!
-//! None: the engine is always complete.
+//! - `testkit`: the backend conformance suite ([`testkit`]) that every backend's tests run.
 
+mod backend;
 mod config;
 mod error;
 mod lease;
 mod mailbox;
 mod manager;
+mod owner;
 mod pool;
 mod state;
 mod status;
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod testkit;
 
+pub use backend::{
+    Backend, BackendError, Endpoint, FunctionManager, FunctionName, FunctionSpec, Health, Instance,
+    Reaped, Termination, Terminations,
+};
 pub use config::{PoolConfig, Selection};
 pub use error::{Error, ManagerError, Result};
 pub use lease::Lease;
 pub use manager::Manager;
+pub use owner::{Liveness, MAX_NAME_LEN, OwnerId, PoolName, Scope, process_start};
 pub use pool::{Acquire, Pool, ShutdownReport};
 pub use state::Priority;
 pub use status::{DestroyReason, InstanceId, PoolCounters, PoolEvent, PoolStatus, WaitTimes};
