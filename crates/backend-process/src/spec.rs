@@ -140,3 +140,36 @@ fn default_pass_env() -> Vec<String> {
 fn default_log_lines() -> usize {
     100
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> Result<ProcessSpec, String> {
+        serde_json::from_value(json).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_program() {
+        let spec = parse(serde_json::json!({ "program": "app" })).expect("parses");
+        assert_eq!(spec, ProcessSpec::new("app"));
+        assert_eq!(spec.startup_timeout, Duration::from_secs(10));
+        assert_eq!(spec.readiness, Readiness::Tcp);
+        assert!(parse(serde_json::json!({})).unwrap_err().contains("missing field `program`"));
+    }
+
+    #[test]
+    fn bad_input_is_refused_naming_the_key() {
+        let unknown = parse(serde_json::json!({ "program": "app", "programme": "x" })).unwrap_err();
+        assert!(unknown.contains("unknown field `programme`"), "{unknown}");
+        let duration = parse(serde_json::json!({ "program": "app", "startup_timeout": "soon" }))
+            .unwrap_err();
+        assert!(duration.contains("soon") || duration.contains("duration"), "{duration}");
+        let limit = parse(serde_json::json!({ "program": "app", "limits": { "memory": 1 } }))
+            .unwrap_err();
+        assert!(limit.contains("unknown field `memory`"), "{limit}");
+        let readiness =
+            parse(serde_json::json!({ "program": "app", "readiness": "udp" })).unwrap_err();
+        assert!(readiness.contains("udp"), "{readiness}");
+    }
+}
