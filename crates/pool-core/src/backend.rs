@@ -464,3 +464,36 @@ impl<B: Backend> Manager for FunctionManager<B> {
         instance.record_use();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_counts_its_uses_and_remembers_the_last() {
+        let name = FunctionName::new("f").expect("a valid name");
+        let instance = Instance::new(InstanceId(1), name, Endpoint::InProcess, ());
+        assert_eq!((instance.uses(), instance.last_used()), (0, None));
+        instance.record_use();
+        instance.record_use();
+        assert_eq!(instance.uses(), 2);
+        let last = instance.last_used().expect("used");
+        assert!(last >= instance.created_at() && last <= SystemTime::now());
+    }
+
+    #[test]
+    fn errors_name_the_function_and_quote_the_stderr_tail() {
+        let error = BackendError::ExitedBeforeReady {
+            function: "hello".into(),
+            status: "exit status: 3".into(),
+            stderr_tail: vec!["first".into(), "second".into()],
+        };
+        assert_eq!(
+            error.to_string(),
+            "function `hello`: the instance exited before it was ready (exit status: 3); \
+             last lines of stderr:\n  first\n  second"
+        );
+        let bad = FunctionName::new("has space").expect_err("invalid").to_string();
+        assert!(bad.starts_with("invalid function name \"has space\""), "{bad}");
+    }
+}

@@ -78,6 +78,38 @@ async fn idle_eviction_never_goes_below_min() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn creates_get_the_ids_events_use_and_the_manager_hears_of_each_lease() {
+    let (pool, manager) = pool(PoolConfig { min: 2, ..config() });
+    let mut events = pool.subscribe();
+    eventually("the minimum is created", || manager.probe.created.load(Ordering::SeqCst) == 2)
+        .await;
+    let mut created: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter_map(|event| match event {
+            PoolEvent::Created { instance } => Some(instance),
+            _ => None,
+        })
+        .collect();
+    created.sort();
+    let mut given = manager.probe.create_ids.lock().clone();
+    given.sort();
+    assert_eq!(given, [pool_core::InstanceId(0), pool_core::InstanceId(1)]);
+    assert_eq!(created, given, "events name instances by the id their create was given");
+
+    let first = pool.acquire().await.unwrap();
+    let second = pool.acquire().await.unwrap();
+    assert_eq!(manager.probe.leased.lock().len(), 2);
+    drop(first);
+    let third = pool.acquire().await.unwrap();
+    let mut leased = manager.probe.leased.lock().clone();
+    assert_eq!(leased.len(), 3, "one call per lease handed out: {leased:?}");
+    leased.sort();
+    leased.dedup();
+    assert_eq!(leased, [0, 1], "each lease is on one of the two instances");
+    drop((second, third));
+}
+
+#[tokio::test(start_paused = true)]
 async fn max_uses_retires_an_instance_only_once_it_is_idle() {
     let (pool, manager) = pool(PoolConfig { max_uses: Some(2), ..config() });
     let first = pool.acquire().await.unwrap();

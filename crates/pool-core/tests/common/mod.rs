@@ -41,6 +41,10 @@ pub struct Probe {
     /// When set, each create takes a permit first (tests hold creates back with it).
     pub create_gate: Mutex<Option<Arc<Semaphore>>>,
     pub create_delay: Mutex<Duration>,
+    /// The id the pool gave each create, in the order the creates started.
+    pub create_ids: Mutex<Vec<pool_core::InstanceId>>,
+    /// Serial numbers of the instances leased, in order.
+    pub leased: Mutex<Vec<u64>>,
     pub destroy_delay: Mutex<Duration>,
 }
 
@@ -64,8 +68,9 @@ impl Manager for TestManager {
     type Instance = TestInstance;
     type Error = TestError;
 
-    async fn create(&self, _: pool_core::InstanceId) -> Result<TestInstance, TestError> {
+    async fn create(&self, id: pool_core::InstanceId) -> Result<TestInstance, TestError> {
         let serial = self.probe.creates_started.fetch_add(1, Ordering::SeqCst);
+        self.probe.create_ids.lock().push(id);
         self.probe.create_times.lock().push(Instant::now());
         let gate = self.probe.create_gate.lock().clone();
         if let Some(gate) = gate {
@@ -93,6 +98,10 @@ impl Manager for TestManager {
             return Err(TestError(format!("instance {} is unwell", instance.serial)));
         }
         Ok(())
+    }
+
+    fn leased(&self, instance: &TestInstance) {
+        self.probe.leased.lock().push(instance.serial);
     }
 
     async fn destroy(&self, instance: TestInstance, grace: Duration) {
