@@ -23,14 +23,17 @@ use crate::http;
 use crate::logs::{LogBuffer, Origin, Stream, forward};
 use crate::spec::{ProcessSpec, Readiness};
 use crate::state_dir::{StateDir, default_state_dir, processes_of};
-use crate::sys;
+use crate::{spawner, sys};
 
 /// How many ports a launch tries when the child reports its port already in use.
 const PORT_ATTEMPTS: usize = 3;
-/// How many stderr lines an error quotes.
-const ERROR_TAIL: usize = 10;
 /// The longest pause between two readiness attempts.
-const MAX_READINESS_PAUSE: Duration = Duration::from_millis(25);
+const MAX_READINESS_PAUSE: Duration = Duration::from_millis(10);
+/// For this long after the spawn, the port is polled every [`FAST_POLL`] from a blocking
+/// thread: most functions open their port within it, and tokio's timer (1 ms ticks) would add
+/// up to a tick to each of them.
+const FAST_PHASE: Duration = Duration::from_millis(25);
+const FAST_POLL: Duration = Duration::from_micros(200);
 /// How long a probe's HTTP check may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -144,7 +147,7 @@ impl ProcessBackend {
         sys::prepare_child(&mut command, &spec.limits, listener.as_ref());
         let mut command = tokio::process::Command::from(command);
         command.kill_on_drop(false);
-        let spawned = command.spawn();
+        let spawned = spawner::spawn(command).await;
         drop(listener);
         let mut child =
             spawned.map_err(|error| Failed::Other(spawn_error(function, program, error)))?;
@@ -177,7 +180,8 @@ impl ProcessBackend {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let started = Instant::now();
         let deadline = started + spec.startup_timeout;
-        let mut pause = Duration::from_millis(1);
+        let fast_until = std::time::Instant::now() + FAST_PHASE.min(spec.startup_timeout);
+        let _ = tokio::task::spawn_blocking(move || poll_port(address, fast_until)).await;
         let mut detail;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -186,17 +190,14 @@ impl ProcessBackend {
                     let _ = tokio::time::timeout(Duration::from_millis(200), stderr).await;
                 }
                 drop(tracked);
-                let stderr_tail = logs.tail(Stream::Stderr, ERROR_TAIL);
+                let stderr_tail = logs.stderr_tail();
                 let error = BackendError::ExitedBeforeReady {
                     function: name.to_owned(),
                     status: format!("program {}, {status}", program.display()),
                     stderr_tail,
                 };
                 let port_taken = !spec.socket_activation
-                    && logs
-                        .tail(Stream::Stderr, ERROR_TAIL)
-                        .iter()
-                        .any(|line| mentions_port_taken(line));
+                    && logs.stderr_tail().iter().any(|line| mentions_port_taken(line));
                 return Err(if port_taken {
                     Failed::PortTaken(error)
                 } else {
@@ -215,11 +216,14 @@ impl ProcessBackend {
                     function: name.to_owned(),
                     timeout: spec.startup_timeout,
                     detail: format!("program {}, port {port}: {detail}", program.display()),
-                    stderr_tail: logs.tail(Stream::Stderr, ERROR_TAIL),
+                    stderr_tail: logs.stderr_tail(),
                 }));
             }
+            // Pauses grow with the time waited, so that detecting readiness lags it by about
+            // 5%, up to the cap.
+            let pause =
+                (started.elapsed() / 20).clamp(Duration::from_millis(1), MAX_READINESS_PAUSE);
             tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-            pause = (pause * 5 / 4).min(MAX_READINESS_PAUSE);
         }
         tracing::debug!(
             target: "smgr::process",
@@ -354,16 +358,12 @@ impl Backend for ProcessBackend {
                 });
             }
         }
-        if let (Readiness::Http(path), Endpoint::Http(address)) =
-            (&details.readiness, instance.endpoint())
-        {
-            return Ok(match http::get_status(address, path, PROBE_TIMEOUT).await {
-                Ok(code) if (200..300).contains(&code) => Health::Alive,
-                Ok(code) => Health::Dead(format!("GET {path} answered {code}")),
-                Err(error) => Health::Dead(error),
-            });
-        }
-        Ok(Health::Alive)
+        let Endpoint::Http(address) = instance.endpoint() else { return Ok(Health::Alive) };
+        // The process runs; its port (or its readiness path) must still answer.
+        Ok(match ready(address, &details.readiness, PROBE_TIMEOUT).await {
+            Ok(()) => Health::Alive,
+            Err(seen) => Health::Dead(seen),
+        })
     }
 
     async fn terminate(
@@ -459,7 +459,19 @@ fn check_spec(function: &FunctionSpec<ProcessSpec>) -> Result<PathBuf, BackendEr
             return Err(invalid(format!("environment variable name {name:?} is not valid")));
         }
     }
+    // The backend sets these itself: a spec that changed them would lose its port or its
+    // identity, by which terminate and the reaper find the processes it started.
+    if let Some(name) = spec.env.keys().find(|name| is_reserved(name)) {
+        return Err(invalid(format!(
+            "env sets {name}, which the backend sets itself (PORT, SMGR_*, LISTEN_*)"
+        )));
+    }
     resolve_program(spec).map_err(invalid)
+}
+
+/// Whether the backend sets this variable itself.
+fn is_reserved(name: &str) -> bool {
+    name == "PORT" || name.starts_with("SMGR_") || name.starts_with("LISTEN_")
 }
 
 /// Finds the program as the child would: a path relative to its working directory, or a bare
@@ -524,10 +536,13 @@ fn spawn_error(
 /// can: ports in that range are also handed to outgoing connections (the readiness checks
 /// among them), which can take the port between our check and the child's bind.
 fn free_port() -> std::io::Result<TcpListener> {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
+    static EPHEMERAL_LOW: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    let ephemeral_low = *EPHEMERAL_LOW.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768)
+    });
     const LOW: u16 = 10_000;
     if ephemeral_low > LOW + 1_000 {
         let span = u64::from(ephemeral_low - LOW);
@@ -565,6 +580,22 @@ fn mentions_port_taken(line: &str) -> bool {
     line.contains("address already in use")
         || line.contains("eaddrinuse")
         || line.contains("address in use")
+}
+
+/// Tries to connect to `address` every [`FAST_POLL`] until it accepts or `until` passes;
+/// whether it accepted. Blocking: run it on a blocking thread.
+fn poll_port(address: SocketAddr, until: std::time::Instant) -> bool {
+    loop {
+        if let Ok(stream) = std::net::TcpStream::connect_timeout(&address, FAST_POLL * 5)
+            && stream.local_addr().ok() != Some(address)
+        {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(FAST_POLL);
+    }
 }
 
 /// One readiness attempt.

@@ -50,6 +50,7 @@
 mod backend;
 mod http;
 mod logs;
+mod spawner;
 mod spec;
 mod state_dir;
 mod sys;

@@ -10,6 +10,8 @@ use tokio::task::JoinHandle;
 
 /// The longest line kept; longer ones are cut, with a marker.
 const MAX_LINE: usize = 4096;
+/// How many of the latest stderr lines are kept for error messages, whatever the capacity.
+pub(crate) const STDERR_TAIL: usize = 10;
 
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,15 +32,25 @@ pub struct LogBuffer {
 struct Lines {
     capacity: usize,
     lines: VecDeque<(Stream, String)>,
+    /// The latest stderr lines, apart from `lines`, so that errors can quote them even when
+    /// the capacity is small or stdout is busy.
+    stderr: VecDeque<String>,
 }
 
 impl LogBuffer {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { inner: Arc::new(Mutex::new(Lines { capacity, lines: VecDeque::new() })) }
+        let lines = Lines { capacity, lines: VecDeque::new(), stderr: VecDeque::new() };
+        Self { inner: Arc::new(Mutex::new(lines)) }
     }
 
     fn push(&self, stream: Stream, line: String) {
         let mut inner = self.inner.lock();
+        if stream == Stream::Stderr {
+            if inner.stderr.len() == STDERR_TAIL {
+                inner.stderr.pop_front();
+            }
+            inner.stderr.push_back(line.clone());
+        }
         if inner.capacity == 0 {
             return;
         }
@@ -53,7 +65,12 @@ impl LogBuffer {
         self.inner.lock().lines.iter().cloned().collect()
     }
 
-    /// The last `count` lines of one stream, oldest first.
+    /// The last stderr lines (at most ten, whatever the capacity), oldest first.
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.inner.lock().stderr.iter().cloned().collect()
+    }
+
+    /// The last `count` lines of one stream kept within the capacity, oldest first.
     pub fn tail(&self, stream: Stream, count: usize) -> Vec<String> {
         let inner = self.inner.lock();
         let mut tail: Vec<String> = inner
@@ -164,5 +181,14 @@ mod tests {
         assert!(lines[1].ends_with(" [line cut]") && lines[1].len() == MAX_LINE + 11);
         assert_eq!(lines[2], "last without newline");
         assert!(buffer.tail(Stream::Stdout, 10).is_empty());
+    }
+
+    #[tokio::test]
+    async fn errors_keep_a_stderr_tail_whatever_the_capacity() {
+        let buffer = LogBuffer::new(0);
+        let source = std::io::Cursor::new(b"fatal: no config\n".to_vec());
+        forward(source, Stream::Stderr, buffer.clone(), origin()).await.unwrap();
+        assert!(buffer.lines().is_empty(), "capacity 0 keeps no lines");
+        assert_eq!(buffer.stderr_tail(), ["fatal: no config"]);
     }
 }

@@ -162,11 +162,11 @@ mod tests {
     fn bad_input_is_refused_naming_the_key() {
         let unknown = parse(serde_json::json!({ "program": "app", "programme": "x" })).unwrap_err();
         assert!(unknown.contains("unknown field `programme`"), "{unknown}");
-        let duration = parse(serde_json::json!({ "program": "app", "startup_timeout": "soon" }))
-            .unwrap_err();
+        let duration =
+            parse(serde_json::json!({ "program": "app", "startup_timeout": "soon" })).unwrap_err();
         assert!(duration.contains("soon") || duration.contains("duration"), "{duration}");
-        let limit = parse(serde_json::json!({ "program": "app", "limits": { "memory": 1 } }))
-            .unwrap_err();
+        let limit =
+            parse(serde_json::json!({ "program": "app", "limits": { "memory": 1 } })).unwrap_err();
         assert!(limit.contains("unknown field `memory`"), "{limit}");
         let readiness =
             parse(serde_json::json!({ "program": "app", "readiness": "udp" })).unwrap_err();
