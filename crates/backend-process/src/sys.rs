@@ -14,34 +14,25 @@ pub(crate) const LISTEN_FD: i32 = 3;
 /// Signals a process group: `SIGTERM` to ask, `SIGKILL` to force. `Ok(false)` when the group
 /// has no process left.
 pub(crate) fn signal_group(group: u32, signal: i32) -> io::Result<bool> {
-    let group = libc::pid_t::try_from(group)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "process group out of range"))?;
-    if group <= 1 {
-        // kill(-0) and kill(-1) would signal our own group or every process.
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal group 0 or 1"));
-    }
-    // SAFETY: kill has no memory effects; a negative pid addresses the group.
-    let result = unsafe { libc::kill(-group, signal) };
-    if result == 0 {
-        return Ok(true);
-    }
-    let error = io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::ESRCH) => Ok(false),
-        _ => Err(error),
-    }
+    // A negative pid addresses the group.
+    kill(group, signal, true)
 }
 
 /// Signals one process. `Ok(false)` when it does not exist.
 pub(crate) fn signal_process(pid: u32, signal: i32) -> io::Result<bool> {
+    kill(pid, signal, false)
+}
+
+fn kill(pid: u32, signal: i32, group: bool) -> io::Result<bool> {
     let pid = libc::pid_t::try_from(pid)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
     if pid <= 1 {
+        // kill(0), kill(-1) and their group forms would signal our own group or every process.
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal pid 0 or 1"));
     }
+    let target = if group { -pid } else { pid };
     // SAFETY: kill has no memory effects.
-    let result = unsafe { libc::kill(pid, signal) };
-    if result == 0 {
+    if unsafe { libc::kill(target, signal) } == 0 {
         return Ok(true);
     }
     let error = io::Error::last_os_error();
