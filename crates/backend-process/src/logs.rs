@@ -183,61 +183,6 @@ mod tests {
         assert!(buffer.tail(Stream::Stdout, 10).is_empty());
     }
 
-    /// Collects the events it is given, as `target level field=value...` lines.
-    #[derive(Default)]
-    struct Collect(std::sync::Mutex<Vec<String>>);
-
-    struct Fields(String);
-
-    impl tracing::field::Visit for Fields {
-        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-            self.0.push_str(&format!(" {}={value:?}", field.name()));
-        }
-    }
-
-    impl tracing::Subscriber for Collect {
-        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-            true
-        }
-        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-            tracing::span::Id::from_u64(1)
-        }
-        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-        fn event(&self, event: &tracing::Event<'_>) {
-            let meta = event.metadata();
-            let mut fields = Fields(format!("{} {}", meta.target(), meta.level()));
-            event.record(&mut fields);
-            self.0.lock().unwrap().push(fields.0);
-        }
-        fn enter(&self, _: &tracing::span::Id) {}
-        fn exit(&self, _: &tracing::span::Id) {}
-    }
-
-    #[test]
-    fn each_line_is_a_tracing_event_naming_function_instance_and_stream() {
-        let collect = std::sync::Arc::new(Collect::default());
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        tracing::subscriber::with_default(collect.clone(), || {
-            runtime.block_on(async {
-                let buffer = LogBuffer::new(10);
-                let out = std::io::Cursor::new(b"listening\n".to_vec());
-                forward(out, Stream::Stdout, buffer.clone(), origin()).await.unwrap();
-                let err = std::io::Cursor::new(b"warning: slow disk\n".to_vec());
-                forward(err, Stream::Stderr, buffer, origin()).await.unwrap();
-            });
-        });
-        let events = collect.0.lock().unwrap().clone();
-        assert_eq!(
-            events,
-            [
-                "smgr::function INFO message=listening function=f instance=1 pid=2 stream=\"stdout\"",
-                "smgr::function WARN message=warning: slow disk function=f instance=1 pid=2 \
-                 stream=\"stderr\"",
-            ]
-        );
-    }
-
     #[tokio::test]
     async fn errors_keep_a_stderr_tail_whatever_the_capacity() {
         let buffer = LogBuffer::new(0);
