@@ -415,6 +415,10 @@ impl Backend for ProcessBackend {
         Ok(outcome)
     }
 
+    fn pid(&self, details: &ProcessDetails) -> Option<u32> {
+        Some(details.pid)
+    }
+
     async fn reap_orphans(&self) -> Result<Reaped, BackendError> {
         let reaped = self.state.reap().map_err(|error| BackendError::Operation {
             operation: format!("reaping orphans of pool `{}`", self.scope.pool),

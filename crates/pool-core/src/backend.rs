@@ -101,11 +101,30 @@ pub struct Instance<D> {
     function: FunctionName,
     endpoint: Endpoint,
     created_at: SystemTime,
+    usage: Arc<Usage>,
+    details: D,
+}
+
+/// How much an instance is used; shared with [`FunctionManager`]'s list of instances.
+#[derive(Debug)]
+struct Usage {
     started: Instant,
     uses: AtomicU64,
     /// Milliseconds from `started` to the latest lease, plus one; 0 before the first.
     last_used: AtomicU64,
-    details: D,
+}
+
+impl Usage {
+    fn uses(&self) -> u64 {
+        self.uses.load(Ordering::Relaxed)
+    }
+
+    fn last_used(&self, created_at: SystemTime) -> Option<SystemTime> {
+        match self.last_used.load(Ordering::Relaxed) {
+            0 => None,
+            millis => Some(created_at + Duration::from_millis(millis - 1)),
+        }
+    }
 }
 
 impl<D> Instance<D> {
@@ -116,9 +135,11 @@ impl<D> Instance<D> {
             function,
             endpoint,
             created_at: SystemTime::now(),
-            started: Instant::now(),
-            uses: AtomicU64::new(0),
-            last_used: AtomicU64::new(0),
+            usage: Arc::new(Usage {
+                started: Instant::now(),
+                uses: AtomicU64::new(0),
+                last_used: AtomicU64::new(0),
+            }),
             details,
         }
     }
@@ -145,15 +166,12 @@ impl<D> Instance<D> {
 
     /// When it was last leased, if ever.
     pub fn last_used(&self) -> Option<SystemTime> {
-        match self.last_used.load(Ordering::Relaxed) {
-            0 => None,
-            millis => Some(self.created_at + Duration::from_millis(millis - 1)),
-        }
+        self.usage.last_used(self.created_at)
     }
 
     /// How many leases it has been given.
     pub fn uses(&self) -> u64 {
-        self.uses.load(Ordering::Relaxed)
+        self.usage.uses()
     }
 
     /// What the backend knows of it.
@@ -168,9 +186,10 @@ impl<D> Instance<D> {
 
     /// Counts a lease.
     pub fn record_use(&self) {
-        self.uses.fetch_add(1, Ordering::Relaxed);
-        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.last_used.fetch_max(millis + 1, Ordering::Relaxed);
+        let usage = &self.usage;
+        usage.uses.fetch_add(1, Ordering::Relaxed);
+        let millis = u64::try_from(usage.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        usage.last_used.fetch_max(millis + 1, Ordering::Relaxed);
     }
 
     /// Splits it into its parts, for a backend that terminates it.
@@ -352,6 +371,38 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
 
     /// Kills or removes the instances that dead owners of the same pool name left behind.
     async fn reap_orphans(&self) -> Result<Reaped, BackendError>;
+
+    /// The operating-system process of an instance, for backends that have one.
+    fn pid(&self, details: &Self::Details) -> Option<u32> {
+        let _ = details;
+        None
+    }
+}
+
+/// What [`FunctionManager::instances`] knows of a live instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceRecord {
+    /// Its id.
+    pub id: InstanceId,
+    /// Where it takes requests.
+    pub endpoint: Endpoint,
+    /// When it became ready.
+    pub created_at: SystemTime,
+    /// When it was last leased, if ever.
+    pub last_used: Option<SystemTime>,
+    /// Leases it has been given.
+    pub uses: u64,
+    /// Its process, for backends that run one.
+    pub pid: Option<u32>,
+}
+
+/// The manager's view of one live instance: the fixed facts and the shared usage.
+#[derive(Debug)]
+struct Record {
+    endpoint: Endpoint,
+    created_at: SystemTime,
+    pid: Option<u32>,
+    usage: std::sync::Weak<Usage>,
 }
 
 /// Counts of how [`FunctionManager`] ended its instances.
@@ -406,13 +457,16 @@ pub struct FunctionManager<B: Backend> {
     backend: Arc<B>,
     function: FunctionSpec<B::Spec>,
     terminations: Arc<Terminations>,
+    /// The instances it created and has not destroyed; an instance detached from the pool
+    /// leaves once it is dropped.
+    records: parking_lot::Mutex<std::collections::BTreeMap<InstanceId, Record>>,
 }
 
 impl<B: Backend> FunctionManager<B> {
     /// A manager of `function` on `backend`, after [`Backend::validate`] accepts its spec.
     pub fn new(backend: Arc<B>, function: FunctionSpec<B::Spec>) -> Result<Self, BackendError> {
         backend.validate(&function)?;
-        Ok(Self { backend, function, terminations: Arc::default() })
+        Ok(Self { backend, function, terminations: Arc::default(), records: Default::default() })
     }
 
     /// The backend.
@@ -423,6 +477,26 @@ impl<B: Backend> FunctionManager<B> {
     /// The function.
     pub fn function(&self) -> &FunctionSpec<B::Spec> {
         &self.function
+    }
+
+    /// The live instances it launched, by id.
+    pub fn instances(&self) -> Vec<InstanceRecord> {
+        let mut records = self.records.lock();
+        records.retain(|_, record| record.usage.strong_count() > 0);
+        records
+            .iter()
+            .filter_map(|(id, record)| {
+                let usage = record.usage.upgrade()?;
+                Some(InstanceRecord {
+                    id: *id,
+                    endpoint: record.endpoint,
+                    created_at: record.created_at,
+                    last_used: usage.last_used(record.created_at),
+                    uses: usage.uses(),
+                    pid: record.pid,
+                })
+            })
+            .collect()
     }
 
     /// How the instances destroyed so far ended.
@@ -437,7 +511,15 @@ impl<B: Backend> Manager for FunctionManager<B> {
     type Error = BackendError;
 
     async fn create(&self, id: InstanceId) -> Result<Self::Instance, BackendError> {
-        self.backend.launch(&self.function, id).await
+        let instance = self.backend.launch(&self.function, id).await?;
+        let record = Record {
+            endpoint: instance.endpoint(),
+            created_at: instance.created_at(),
+            pid: self.backend.pid(instance.details()),
+            usage: Arc::downgrade(&instance.usage),
+        };
+        self.records.lock().insert(id, record);
+        Ok(instance)
     }
 
     async fn check(&self, instance: &Self::Instance) -> Result<(), BackendError> {
@@ -456,6 +538,7 @@ impl<B: Backend> Manager for FunctionManager<B> {
     }
 
     async fn destroy(&self, instance: Self::Instance, grace: Duration) {
+        self.records.lock().remove(&instance.id());
         let outcome = self.backend.terminate(instance, grace).await;
         self.terminations.count(&outcome);
     }

@@ -88,7 +88,7 @@ pub mod testkit;
 
 pub use backend::{
     Backend, BackendError, Endpoint, FunctionManager, FunctionName, FunctionSpec, Health, Instance,
-    Reaped, Termination, Terminations,
+    InstanceRecord, Reaped, Termination, Terminations,
 };
 pub use config::{PoolConfig, Selection};
 pub use error::{Error, ManagerError, Result};
@@ -97,4 +97,7 @@ pub use manager::Manager;
 pub use owner::{Liveness, MAX_NAME_LEN, OwnerId, PoolName, Scope, process_start};
 pub use pool::{Acquire, Pool, ShutdownReport};
 pub use state::Priority;
-pub use status::{DestroyReason, InstanceId, PoolCounters, PoolEvent, PoolStatus, WaitTimes};
+pub use status::{
+    DestroyReason, InstanceId, InstanceState, InstanceStatus, PoolCounters, PoolEvent, PoolStatus,
+    WaitTimes,
+};

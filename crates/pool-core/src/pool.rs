@@ -20,7 +20,7 @@ use crate::lease::Lease;
 use crate::mailbox::Mailbox;
 use crate::manager::Manager;
 use crate::state::{Delivery, Effects, Grant, Priority, RareEffects, Returned, State, WaiterId};
-use crate::status::{InstanceId, PoolEvent, PoolStatus};
+use crate::status::{InstanceId, InstanceStatus, PoolEvent, PoolStatus};
 
 /// Events kept for a subscriber that falls behind; older ones are dropped for it (it then
 /// receives `RecvError::Lagged`).
@@ -161,6 +161,11 @@ impl<M: Manager> Pool<M> {
     /// A snapshot of sizes, counters and wait times.
     pub fn status(&self) -> PoolStatus {
         self.inner().state.lock().status()
+    }
+
+    /// Every live instance: its id, state, leases, uses and age, oldest first.
+    pub fn instances(&self) -> Vec<InstanceStatus> {
+        self.inner().state.lock().instances(Instant::now())
     }
 
     /// The pool's config, with `min` and `max` as last resized.

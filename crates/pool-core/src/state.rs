@@ -14,7 +14,8 @@ use crate::config::{PoolConfig, Selection};
 use crate::error::{Error, Result};
 use crate::mailbox::{Mailbox, Mailboxes};
 use crate::status::{
-    DestroyReason, InstanceId, PoolCounters, PoolEvent, PoolStatus, WaitHistogram,
+    DestroyReason, InstanceId, InstanceState, InstanceStatus, PoolCounters, PoolEvent, PoolStatus,
+    WaitHistogram,
 };
 
 /// How urgently an acquire wants an instance: waiters of a higher priority are served first,
@@ -899,6 +900,31 @@ impl<T> State<T> {
             counters: PoolCounters { acquired: self.waits.count(), ..self.counters.clone() },
             wait: self.waits.summary(),
         }
+    }
+
+    /// One line per live instance, oldest first.
+    pub(crate) fn instances(&self, now: Instant) -> Vec<InstanceStatus> {
+        let mut instances: Vec<InstanceStatus> = self
+            .slots
+            .iter()
+            .map(|slot| InstanceStatus {
+                id: slot.id,
+                state: if slot.retire.is_some() {
+                    InstanceState::Retiring
+                } else if slot.checking {
+                    InstanceState::Checking
+                } else if slot.in_use > 0 {
+                    InstanceState::Busy
+                } else {
+                    InstanceState::Idle
+                },
+                leases: slot.in_use,
+                uses: slot.uses,
+                age: now.saturating_duration_since(slot.created_at),
+            })
+            .collect();
+        instances.sort_by_key(|instance| instance.id);
+        instances
     }
 
     /// Takes an instance out of the pool for good, if `index` has no other lease.

@@ -115,6 +115,35 @@ pub struct PoolStatus {
     pub wait: WaitTimes,
 }
 
+/// What a live instance is doing, in [`Pool::instances`](crate::Pool::instances).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// No lease.
+    Idle,
+    /// At least one lease.
+    Busy,
+    /// Idle, being health-checked: no lease meanwhile.
+    Checking,
+    /// Marked to be destroyed once its leases return.
+    Retiring,
+}
+
+/// One live instance, in [`Pool::instances`](crate::Pool::instances).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceStatus {
+    /// Its id.
+    pub id: InstanceId,
+    /// What it is doing.
+    pub state: InstanceState,
+    /// Leases held on it now.
+    pub leases: usize,
+    /// Leases it has been given.
+    pub uses: u64,
+    /// How long ago it was created.
+    pub age: std::time::Duration,
+}
+
 /// Counts since the pool started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PoolCounters {

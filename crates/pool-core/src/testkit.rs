@@ -367,6 +367,14 @@ pub async fn pool_shutdown_leaves_nothing<T: Target>(target: &T) {
     }
     let live = pool.status().size;
     assert!(live >= 3, "three leases need three instances, the pool has {live}");
+    let busy = pool.instances().iter().filter(|i| i.state == crate::InstanceState::Busy).count();
+    assert_eq!(busy, 3, "{:?}", pool.instances());
+    let records = pool.manager().instances();
+    assert_eq!(records.len(), live, "{records:?}");
+    for lease in leases.iter().flatten() {
+        let record = records.iter().find(|r| r.id == lease.id()).expect("a record per lease");
+        assert_eq!((record.endpoint, record.uses), (lease.endpoint(), 1));
+    }
     drop(leases);
     let report = pool.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.destroyed, live as u64, "{report:?}");

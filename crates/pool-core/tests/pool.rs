@@ -99,6 +99,10 @@ async fn creates_get_the_ids_events_use_and_the_manager_hears_of_each_lease() {
     let first = pool.acquire().await.unwrap();
     let second = pool.acquire().await.unwrap();
     assert_eq!(manager.probe.leased.lock().len(), 2);
+    let instances = pool.instances();
+    assert_eq!(instances.len(), 2);
+    assert!(instances.iter().all(|i| i.state == pool_core::InstanceState::Busy && i.leases == 1));
+    assert_eq!(instances.iter().map(|i| i.uses).sum::<u64>(), 2);
     drop(first);
     let third = pool.acquire().await.unwrap();
     let mut leased = manager.probe.leased.lock().clone();
