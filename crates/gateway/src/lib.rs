@@ -8,7 +8,21 @@
 //!
 //! It is the top layer of the workspace and the only crate that composes every other one.
 //!
-//! # Status
+//! # Embedding
 //!
-//! The binary parses its command line (`smgr --help`, `smgr --version`); the `serve` command and
-//! everything it needs have not landed yet, so this library exports nothing today.
+//! [`Gateway::builder`] takes functions ([`FunctionSetup`]: a name, pool limits and a
+//! process spec), limits and an admin token; [`GatewayBuilder::start`] reaps what a dead
+//! predecessor left and starts the pools; [`Gateway::serve`] serves HTTP on a listener until a
+//! shutdown future completes, then drains. [`config`] reads `smgr`'s config files.
+//!
+//! # Feature flags
+//!
+//! None.
+
+pub mod config;
+pub mod demo;
+mod gateway;
+
+pub use gateway::{
+    Body, BoxError, FunctionSetup, Gateway, GatewayBuilder, GatewayError, ServeReport,
+};

@@ -38,7 +38,7 @@
 //!
 //! let figures = monitor.tracker().total();
 //! assert_eq!((figures.requests, figures.failures), (2, 1));
-//! assert!(monitor.render(Format::Prometheus).contains("smgr_requests_total{endpoint=\"/fn/hello\"} 2"));
+//! assert!(monitor.render(Format::Prometheus).contains("smgr_endpoint_requests_total{endpoint=\"/fn/hello\"} 2"));
 //! # Ok(())
 //! # }
 //! ```

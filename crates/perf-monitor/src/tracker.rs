@@ -12,9 +12,9 @@ use crate::histogram::Histogram;
 use crate::registry::{Counter, Registry, Unit};
 
 /// The metric names the tracker registers.
-const LATENCY: &str = "smgr_request_duration_seconds";
-const REQUESTS: &str = "smgr_requests";
-const FAILURES: &str = "smgr_request_failures";
+const LATENCY: &str = "smgr_endpoint_duration_seconds";
+const REQUESTS: &str = "smgr_endpoint_requests";
+const FAILURES: &str = "smgr_endpoint_failures";
 /// The endpoint label of the totals.
 const ALL: &str = "*";
 
@@ -89,7 +89,8 @@ pub struct RequestStats {
 }
 
 /// Tracks requests per endpoint and in total, in a [`Registry`] (metrics
-/// `smgr_request_duration_seconds`, `smgr_requests_total` and `smgr_request_failures_total`,
+/// `smgr_endpoint_duration_seconds`, `smgr_endpoint_requests_total` and
+/// `smgr_endpoint_failures_total`,
 /// labelled by `endpoint`; the totals have `endpoint="*"`).
 ///
 /// Endpoints beyond the registry's series limit are counted together as `other`.
@@ -157,7 +158,7 @@ fn endpoint_handles(registry: &Registry, endpoint: &str) -> Result<EndpointTrack
     Ok(EndpointTracker {
         latency: registry.histogram(LATENCY, "Request latency", Unit::Seconds, &labels)?,
         failed_latency: registry.histogram(
-            "smgr_failed_request_duration_seconds",
+            "smgr_endpoint_failed_duration_seconds",
             "Latency of failed requests",
             Unit::Seconds,
             &labels,

@@ -51,7 +51,7 @@ async fn the_snapshot_has_the_predecessors_shape_and_the_figures() {
 
     let text = monitor.render(Format::Prometheus);
     for metric in [
-        "smgr_requests_total{endpoint=\"/fn/hello\"} 20",
+        "smgr_endpoint_requests_total{endpoint=\"/fn/hello\"} 20",
         "smgr_process_resident_memory_bytes ",
         "smgr_queue_depth 0",
     ] {

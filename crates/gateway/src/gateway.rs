@@ -1,0 +1,921 @@
+//! [`Gateway`]: the functions' pools, the HTTP server in front of them, and its lifecycle.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use backend_process::{ProcessBackend, ProcessBackendConfig, ProcessSpec};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use perf_monitor::{Counter, Format, Gauge, Histogram, Monitor, MonitorConfig, Unit};
+use pool_core::{
+    Backend, Endpoint, Error as PoolError, FunctionManager, FunctionName, InstanceId, Lease, Pool,
+    PoolConfig, PoolName, Scope,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// Errors of bodies on their way through.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the gateway sends.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+type Manager = FunctionManager<ProcessBackend>;
+
+/// One function to serve: its name, its pool's limits and how to run it.
+#[derive(Debug, Clone)]
+pub struct FunctionSetup {
+    /// The function's name: `/fn/{name}/...`.
+    pub name: FunctionName,
+    /// Its pool's limits.
+    pub pool: PoolConfig,
+    /// How to run an instance.
+    pub spec: ProcessSpec,
+}
+
+/// What went wrong starting a gateway.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The pool name, a function or the backend was refused.
+    #[error(transparent)]
+    Backend(#[from] pool_core::BackendError),
+    /// A pool's limits were refused.
+    #[error("function `{function}`: {source}")]
+    Pool {
+        /// The function.
+        function: String,
+        /// The pool's error.
+        #[source]
+        source: PoolError,
+    },
+    /// The monitor's settings were refused.
+    #[error(transparent)]
+    Monitor(#[from] perf_monitor::Error),
+    /// Two functions have one name.
+    #[error("function `{0}` is defined twice")]
+    Duplicate(String),
+}
+
+/// Builds a [`Gateway`]: functions, limits, the admin token.
+#[derive(Debug)]
+pub struct GatewayBuilder {
+    functions: Vec<FunctionSetup>,
+    pool: String,
+    state_dir: Option<PathBuf>,
+    admin_token: Option<String>,
+    max_body: u64,
+    request_timeout: Duration,
+    shutdown_timeout: Duration,
+    monitor: MonitorConfig,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        Self {
+            functions: Vec::new(),
+            pool: "smgr".to_owned(),
+            state_dir: None,
+            admin_token: None,
+            max_body: 6 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            monitor: MonitorConfig::default(),
+        }
+    }
+}
+
+impl GatewayBuilder {
+    /// Serves `function`.
+    pub fn function(mut self, function: FunctionSetup) -> Self {
+        self.functions.push(function);
+        self
+    }
+
+    /// The pool name whose orphans a restart reaps (default `smgr`).
+    pub fn pool_name(mut self, pool: impl Into<String>) -> Self {
+        self.pool = pool.into();
+        self
+    }
+
+    /// The process backend's state directory (default: its own default).
+    pub fn state_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.state_dir = dir;
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` on the admin routes.
+    pub fn admin_token(mut self, token: Option<String>) -> Self {
+        self.admin_token = token;
+        self
+    }
+
+    /// The largest request body forwarded (default 6 MiB).
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// How long a request may take until its response starts (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long a shutdown waits for requests in flight (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Starts the gateway: reaps what a dead predecessor of the same pool name left behind,
+    /// then starts every function's pool, which warms its minimum in the background. Must be
+    /// called inside a Tokio runtime.
+    pub async fn start(self) -> Result<Gateway, GatewayError> {
+        let scope = Scope::current(PoolName::new(&self.pool)?);
+        let backend = Arc::new(ProcessBackend::new(ProcessBackendConfig {
+            scope,
+            state_dir: self.state_dir.clone(),
+        })?);
+        let reaped = backend.reap_orphans().await?;
+        if reaped.instances > 0 {
+            tracing::info!(
+                pool = %self.pool, owners = reaped.owners, instances = reaped.instances,
+                "reaped what a previous gateway left behind"
+            );
+        }
+        let monitor = Monitor::start(self.monitor.clone())?;
+        let registry = monitor.registry().clone();
+        let mut functions = BTreeMap::new();
+        for setup in self.functions {
+            let name = setup.name.to_string();
+            if functions.contains_key(&name) {
+                return Err(GatewayError::Duplicate(name));
+            }
+            let function = pool_core::FunctionSpec { name: setup.name.clone(), spec: setup.spec };
+            let manager = FunctionManager::new(backend.clone(), function)?;
+            let pool = Pool::new(manager, setup.pool)
+                .map_err(|source| GatewayError::Pool { function: name.clone(), source })?;
+            let labels = [("function", name.as_str())];
+            let metrics = FunctionMetrics {
+                duration: registry.histogram(
+                    "smgr_request_duration_seconds",
+                    "Time from a request's arrival to its response's headers",
+                    Unit::Seconds,
+                    &labels,
+                )?,
+                cold_starts: registry.counter(
+                    "smgr_cold_starts",
+                    "Requests served by an instance's first lease",
+                    &labels,
+                )?,
+                launch_failures: registry.counter(
+                    "smgr_launch_failures",
+                    "Requests that failed because an instance could not be launched",
+                    &labels,
+                )?,
+                waiting: registry.gauge(
+                    "smgr_pool_waiting",
+                    "Requests waiting for an instance",
+                    &labels,
+                )?,
+            };
+            let served = FunctionPool {
+                name: name.clone(),
+                pool,
+                metrics,
+                connections: Connections::default(),
+            };
+            functions.insert(name, served);
+        }
+        Ok(Gateway {
+            shared: Arc::new(Shared {
+                functions,
+                monitor,
+                admin_token: self.admin_token,
+                max_body: self.max_body,
+                request_timeout: self.request_timeout,
+                shutdown_timeout: self.shutdown_timeout,
+                next_request: AtomicU64::new(0),
+                started: SystemTime::now(),
+            }),
+        })
+    }
+}
+
+/// A function's pool and what the gateway keeps beside it.
+struct FunctionPool {
+    name: String,
+    pool: Pool<Manager>,
+    metrics: FunctionMetrics,
+    /// Idle keep-alive connections to each instance.
+    connections: Connections,
+}
+
+struct FunctionMetrics {
+    duration: Histogram,
+    cold_starts: Counter,
+    launch_failures: Counter,
+    waiting: Gauge,
+}
+
+struct Shared {
+    functions: BTreeMap<String, FunctionPool>,
+    monitor: Monitor,
+    admin_token: Option<String>,
+    max_body: u64,
+    request_timeout: Duration,
+    shutdown_timeout: Duration,
+    next_request: AtomicU64,
+    started: SystemTime,
+}
+
+/// The gateway: serves its functions over HTTP. See the crate docs.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("functions", &self.shared.functions.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Gateway::serve`] did when it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeReport {
+    /// Whether every request in flight finished within the shutdown timeout.
+    pub drained: bool,
+    /// Instances destroyed when the pools shut down.
+    pub instances_destroyed: u64,
+}
+
+impl Gateway {
+    /// A builder.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    /// The performance monitor of the gateway.
+    pub fn monitor(&self) -> &Monitor {
+        &self.shared.monitor
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes; then stops accepting, lets the
+    /// requests in flight finish (up to the shutdown timeout), and shuts the pools down.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> ServeReport {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, remote)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let shared = self.shared.clone();
+                    let service = service_fn(move |request| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(handle(&shared, request, remote).await) }
+                    });
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: no new connections; waiting for requests in flight");
+        let drained =
+            tokio::time::timeout(self.shared.shutdown_timeout, graceful.shutdown()).await.is_ok();
+        let instances_destroyed = self.shutdown_pools(Duration::from_secs(5)).await;
+        ServeReport { drained, instances_destroyed }
+    }
+
+    /// Shuts every pool down, each waiting up to `deadline` for its leases; returns the
+    /// instances destroyed.
+    pub async fn shutdown_pools(&self, deadline: Duration) -> u64 {
+        let mut destroyed = 0;
+        for function in self.shared.functions.values() {
+            function.connections.lock().clear();
+            destroyed += function.pool.shutdown(deadline).await.destroyed;
+        }
+        destroyed
+    }
+}
+
+/// Routes one request.
+async fn handle(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/fn/") {
+        let (name, tail) = rest.split_once('/').map_or((rest, ""), |(name, tail)| (name, tail));
+        let Some(function) = shared.functions.get(name) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "function_not_found",
+                format!("no function named `{name}`"),
+            );
+        };
+        let tail = format!("/{tail}");
+        return forward(shared, function, request, remote, &tail).await;
+    }
+    match (request.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(shared),
+        _ if is_admin(&path) => {
+            if let Some(denied) = authorize(shared, request.headers()) {
+                return denied;
+            }
+            admin(shared, request, &path).await
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}")),
+    }
+}
+
+fn is_admin(path: &str) -> bool {
+    path.starts_with("/admin/") || path == "/metrics" || path == "/performance/metrics"
+}
+
+/// `None` when the request may use the admin routes.
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Option<Response<Body>> {
+    let token = shared.admin_token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "admin routes need `Authorization: Bearer <token>`".to_owned(),
+    );
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(response)
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn readyz(shared: &Shared) -> Response<Body> {
+    let not_ready: Vec<String> = shared
+        .functions
+        .values()
+        .filter_map(|function| {
+            let status = function.pool.status();
+            let ready = status.size.saturating_sub(status.retiring);
+            (ready < status.min)
+                .then(|| format!("{} ({ready} of {} ready)", function.name, status.min))
+        })
+        .collect();
+    if not_ready.is_empty() {
+        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else {
+        let mut body = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("below their minimum: {}", not_ready.join(", ")),
+        );
+        body.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        body
+    }
+}
+
+async fn admin(shared: &Shared, request: Request<Incoming>, path: &str) -> Response<Body> {
+    let method = request.method().clone();
+    if method == Method::GET && path == "/metrics" {
+        update_pool_gauges(shared);
+        let format = Format::from_accept(
+            request.headers().get(header::ACCEPT).and_then(|value| value.to_str().ok()),
+        );
+        let text = shared.monitor.render(format);
+        return Response::builder()
+            .header(header::CONTENT_TYPE, format.content_type())
+            .body(full(text))
+            .unwrap_or_else(|_| internal());
+    }
+    if method == Method::GET && path == "/performance/metrics" {
+        return json(StatusCode::OK, &shared.monitor.snapshot());
+    }
+    if method == Method::GET && path == "/admin/pools" {
+        let pools: Vec<serde_json::Value> = shared.functions.values().map(pool_json).collect();
+        return json(StatusCode::OK, &serde_json::json!({ "pools": pools }));
+    }
+    if let Some(name) =
+        path.strip_prefix("/admin/pools/").and_then(|rest| rest.strip_suffix("/scale"))
+    {
+        if method != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{path} takes POST"),
+            );
+        }
+        let Some(function) = shared.functions.get(name) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "function_not_found",
+                format!("no function named `{name}`"),
+            );
+        };
+        return scale(function, request).await;
+    }
+    error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))
+}
+
+async fn scale(function: &FunctionPool, request: Request<Incoming>) -> Response<Body> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Scale {
+        min: usize,
+        max: usize,
+    }
+    let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(cause) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("reading the body: {cause}"),
+            );
+        }
+    };
+    let wanted: Scale = match serde_json::from_slice(&body) {
+        Ok(wanted) => wanted,
+        Err(cause) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body must be {{\"min\": N, \"max\": N}}: {cause}"),
+            );
+        }
+    };
+    match function.pool.resize(wanted.min, wanted.max) {
+        Ok(()) => json(StatusCode::OK, &pool_json(function)),
+        Err(cause) => error(StatusCode::BAD_REQUEST, "bad_request", cause.to_string()),
+    }
+}
+
+fn pool_json(function: &FunctionPool) -> serde_json::Value {
+    let status = function.pool.status();
+    let records = function.pool.manager().instances();
+    let instances: Vec<serde_json::Value> = function
+        .pool
+        .instances()
+        .into_iter()
+        .map(|instance| {
+            let record = records.iter().find(|record| record.id == instance.id);
+            let time = |at: Option<SystemTime>| {
+                at.map(|at| humantime::format_rfc3339_millis(at).to_string())
+            };
+            serde_json::json!({
+                "id": instance.id.0,
+                "endpoint": record.map(|record| record.endpoint.to_string()),
+                "state": instance.state,
+                "uses": instance.uses,
+                "created_at": time(record.map(|record| record.created_at)),
+                "last_used": time(record.and_then(|record| record.last_used)),
+                "pid": record.and_then(|record| record.pid),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "function": function.name,
+        "backend": "process",
+        "min": status.min,
+        "max": status.max,
+        "size": status.size,
+        "idle": status.idle,
+        "busy": status.busy,
+        "creating": status.creating,
+        "waiting": status.waiting,
+        "instances": instances,
+    })
+}
+
+fn update_pool_gauges(shared: &Shared) {
+    let registry = shared.monitor.registry();
+    for function in shared.functions.values() {
+        let status = function.pool.status();
+        function.metrics.waiting.set(status.waiting as f64);
+        for (state, count) in [
+            ("idle", status.idle),
+            ("busy", status.busy),
+            ("creating", status.creating),
+            ("retiring", status.retiring),
+        ] {
+            let labels = [("function", function.name.as_str()), ("state", state)];
+            if let Ok(gauge) = registry.gauge("smgr_pool_instances", "Instances by state", &labels)
+            {
+                gauge.set(count as f64);
+            }
+        }
+    }
+}
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(',').map(|name| name.trim().to_ascii_lowercase()))
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        headers.remove(name);
+    }
+}
+
+/// Forwards a request to an instance of `function` and streams the answer back.
+async fn forward(
+    shared: &Arc<Shared>,
+    function: &FunctionPool,
+    request: Request<Incoming>,
+    remote: SocketAddr,
+    path: &str,
+) -> Response<Body> {
+    let started = Instant::now();
+    let response = forward_inner(shared, function, request, remote, path, started).await;
+    let status = response.status();
+    function.metrics.duration.record_duration(started.elapsed());
+    let labels = [("function", function.name.as_str()), ("status", status.as_str())];
+    if let Ok(counter) = shared.monitor.registry().counter(
+        "smgr_requests",
+        "Requests by function and status",
+        &labels,
+    ) {
+        counter.inc();
+    }
+    shared.monitor.track(started.elapsed(), !status.is_server_error(), &function.name);
+    response
+}
+
+async fn forward_inner(
+    shared: &Arc<Shared>,
+    function: &FunctionPool,
+    request: Request<Incoming>,
+    remote: SocketAddr,
+    path: &str,
+    started: Instant,
+) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > shared.max_body) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than the limit of {} bytes", shared.max_body),
+        );
+    }
+    let request_id = match parts.headers.get("x-request-id").cloned() {
+        Some(id) => id,
+        None => {
+            let id = format!(
+                "smgr-{:x}-{}",
+                started_nanos(shared),
+                shared.next_request.fetch_add(1, Ordering::Relaxed)
+            );
+            HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("smgr"))
+        }
+    };
+    let has_body = declared.is_some_and(|length| length > 0)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || !body.is_end_stream();
+    let repeatable =
+        !has_body && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    strip_hop_by_hop(&mut parts.headers);
+    let forwarded_for =
+        match parts.headers.get("x-forwarded-for").and_then(|value| value.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {}", remote.ip()),
+            None => remote.ip().to_string(),
+        };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert("x-forwarded-for", value);
+    }
+    parts.headers.insert("x-request-id", request_id.clone());
+    let query = parts.uri.query().map(|query| format!("?{query}")).unwrap_or_default();
+    let target: http::Uri = match format!("{path}{query}").parse() {
+        Ok(uri) => uri,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request path is not valid".to_owned(),
+            );
+        }
+    };
+    let max_body = usize::try_from(shared.max_body).unwrap_or(usize::MAX);
+    let mut body = Some(Limited::new(body, max_body).map_err(BoxError::from).boxed());
+    let deadline = started + shared.request_timeout;
+    let arrived = SystemTime::now() - started.elapsed();
+
+    for attempt in 0..2 {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let lease = match tokio::time::timeout(remaining, function.pool.acquire()).await {
+            Err(_) => return timeout(shared),
+            Ok(Err(cause)) => return pool_error(function, cause),
+            Ok(Ok(lease)) => lease,
+        };
+        // Cold: the instance was launched for this request (after it arrived).
+        let cold = lease.created_at() >= arrived;
+        if cold {
+            function.metrics.cold_starts.inc();
+        }
+        let Endpoint::Http(address) = lease.endpoint() else {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "instance_failed",
+                "the instance has no HTTP endpoint".to_owned(),
+            );
+        };
+        let mut lease = lease;
+        let sender = match function.connection(lease.id(), address).await {
+            Ok(sender) => sender,
+            Err(cause) => {
+                // Nothing was sent: any request may go to another instance.
+                tracing::warn!(function = %function.name, instance = %lease.id(), %cause, "instance unreachable");
+                lease.mark_broken();
+                if attempt == 0 {
+                    continue;
+                }
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "instance_failed",
+                    format!("the instance did not accept a connection: {cause}"),
+                );
+            }
+        };
+        let mut upstream = Request::new(if repeatable {
+            Full::new(Bytes::new()).map_err(BoxError::from).boxed()
+        } else {
+            body.take().unwrap_or_else(|| Full::new(Bytes::new()).map_err(BoxError::from).boxed())
+        });
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = target.clone();
+        *upstream.headers_mut() = parts.headers.clone();
+        if let Ok(host) = HeaderValue::from_str(&address.to_string()) {
+            upstream.headers_mut().insert(header::HOST, host);
+        }
+        let mut sender = sender;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, sender.send_request(upstream)).await {
+            Ok(Ok(response)) => {
+                let instance = lease.id();
+                let (mut head, incoming) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                head.headers.insert("x-request-id", request_id);
+                if let Ok(value) = HeaderValue::from_str(&instance.0.to_string()) {
+                    head.headers.insert("x-smgr-instance", value);
+                }
+                head.headers.insert(
+                    "x-smgr-cold-start",
+                    HeaderValue::from_static(if cold { "true" } else { "false" }),
+                );
+                let body = Relay {
+                    inner: incoming,
+                    lease: Some(lease),
+                    sender: Some(sender),
+                    returns: function.connections_handle(),
+                    done: false,
+                };
+                return Response::from_parts(head, body.boxed());
+            }
+            Ok(Err(cause)) => {
+                if cause.to_string().contains("length limit exceeded") || body_too_large(&cause) {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("the body is larger than the limit of {} bytes", shared.max_body),
+                    );
+                }
+                tracing::warn!(function = %function.name, instance = %lease.id(), %cause, "instance failed");
+                lease.mark_broken();
+                if repeatable && attempt == 0 {
+                    continue;
+                }
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "instance_failed",
+                    format!("the instance failed: {cause}"),
+                );
+            }
+            Err(_) => {
+                // The instance is stuck on this request: replace it.
+                lease.mark_broken();
+                return timeout(shared);
+            }
+        }
+    }
+    error(
+        StatusCode::BAD_GATEWAY,
+        "instance_failed",
+        "no instance could take the request".to_owned(),
+    )
+}
+
+fn body_too_large(cause: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(cause);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+fn started_nanos(shared: &Shared) -> u128 {
+    shared.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos())
+}
+
+fn pool_error(function: &FunctionPool, cause: PoolError) -> Response<Body> {
+    let (status, code, retry) = match &cause {
+        PoolError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full", true),
+        PoolError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity", true),
+        PoolError::Create(_) | PoolError::CreateTimeout { .. } => {
+            function.metrics.launch_failures.inc();
+            (StatusCode::BAD_GATEWAY, "launch_failed", false)
+        }
+        PoolError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down", true),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
+    };
+    let mut message = cause.to_string();
+    let mut source = std::error::Error::source(&cause);
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    let mut response = error(status, code, format!("function `{}`: {message}", function.name));
+    if retry {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn timeout(shared: &Shared) -> Response<Body> {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!("no response within the request timeout of {:?}", shared.request_timeout),
+    )
+}
+
+type Connections = Arc<Mutex<HashMap<InstanceId, Vec<SendRequest<Body>>>>>;
+
+impl FunctionPool {
+    fn connections_handle(&self) -> Connections {
+        self.connections.clone()
+    }
+
+    /// A ready connection to `instance`: a kept one, or a new one.
+    async fn connection(
+        &self,
+        instance: InstanceId,
+        address: SocketAddr,
+    ) -> Result<SendRequest<Body>, BoxError> {
+        loop {
+            let kept = self.connections.lock().get_mut(&instance).and_then(Vec::pop);
+            let Some(mut sender) = kept else { break };
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        let stream = TcpStream::connect(address).await?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+}
+
+/// A response body on its way back: holds the lease until the body ends, then gives the
+/// connection back for reuse.
+struct Relay {
+    inner: Incoming,
+    lease: Option<Lease<Manager>>,
+    sender: Option<SendRequest<Body>>,
+    returns: Connections,
+    done: bool,
+}
+
+impl hyper::body::Body for Relay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => {
+                self.done = true;
+                self.finish();
+            }
+            std::task::Poll::Ready(Some(Err(_))) => {
+                if let Some(lease) = self.lease.as_mut() {
+                    lease.mark_broken();
+                }
+                self.finish();
+            }
+            _ => {}
+        }
+        polled.map(|frame| frame.map(|frame| frame.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Relay {
+    fn finish(&mut self) {
+        if let (true, Some(sender), Some(lease)) =
+            (self.done, self.sender.take(), self.lease.as_ref())
+        {
+            self.returns.lock().entry(lease.id()).or_default().push(sender);
+        }
+        self.lease = None;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(BoxError::from).boxed()
+}
+
+fn internal() -> Response<Body> {
+    let mut response = Response::new(full("internal error"));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body))
+        .unwrap_or_else(|_| internal())
+}
+
+/// The JSON error every failure answers with.
+fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": { "code": code, "message": message } }))
+}

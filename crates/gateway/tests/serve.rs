@@ -1,0 +1,488 @@
+//! `smgr serve` end to end: the real binary, real child processes (smgr's own demo functions),
+//! real HTTP.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const SMGR: &str = env!("CARGO_BIN_EXE_smgr");
+
+/// A running `smgr serve`, killed when dropped.
+struct Server {
+    child: Child,
+    address: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    static RUN: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "serve-{name}-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts `smgr serve` with `config` (TOML, `{smgr}` replaced by the binary's path, `{state}` by a
+/// state directory of its own) and waits until it listens and `ready` functions are ready.
+fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Server {
+    let dir = scratch(name);
+    let port = free_port();
+    let config = config
+        .replace("{smgr}", SMGR)
+        .replace("{state}", dir.join("state").to_str().unwrap())
+        .replace("{pool}", &format!("t{}-{name}", std::process::id()));
+    let path = dir.join("smgr.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(SMGR);
+    command
+        .args([
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command.spawn().expect("smgr starts");
+    let server = Server { child, address: ([127, 0, 0, 1], port).into(), dir };
+    wait_until(Duration::from_secs(30), || get(&server, "/readyz").0 == 200);
+    server
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "not done within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 exchange: status, headers (lower-case names), body.
+fn exchange(address: SocketAddr, request: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let Ok(mut stream) = TcpStream::connect(address) else { return (0, Vec::new(), Vec::new()) };
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    if stream.write_all(request).is_err() {
+        return (0, Vec::new(), Vec::new());
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (0, Vec::new(), answer);
+    };
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let mut lines = head.lines();
+    let code =
+        lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = answer[split + 4..].to_vec();
+    if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    (code, headers, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else { return out };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+}
+
+fn get(server: &Server, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (code, _, body) = exchange(server.address, request.as_bytes());
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+fn error_code(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    value["error"]["code"].as_str().unwrap_or("").to_owned()
+}
+
+const ECHO: &str = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+max_body = "16MiB"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+readiness = { http = "/healthz" }
+min_instances = 1
+max_instances = 2
+"#;
+
+#[test]
+fn requests_are_forwarded_with_method_path_query_headers_and_body() {
+    let server = start("proxy", ECHO, &[]);
+    let request = b"POST /fn/echo/some/path?x=1&y=two HTTP/1.1\r\nHost: x\r\nX-Custom: kept\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello";
+    let (code, headers, body) = exchange(server.address, request);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("POST /some/path?x=1&y=two\n"), "{body}");
+    assert!(body.contains("x-custom: kept"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    assert!(body.contains("x-request-id: smgr-"), "{body}");
+    assert!(
+        !body.to_lowercase().contains("connection: close"),
+        "hop-by-hop headers are dropped: {body}"
+    );
+    assert!(body.ends_with("\n\nhello"), "{body}");
+    assert!(header(&headers, "x-smgr-instance").is_some(), "{headers:?}");
+    assert!(matches!(header(&headers, "x-smgr-cold-start"), Some("true" | "false")), "{headers:?}");
+
+    let request = b"DELETE /fn/echo HTTP/1.1\r\nHost: x\r\nX-Request-Id: given-42\r\nConnection: close\r\n\r\n";
+    let (code, headers, body) = exchange(server.address, request);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200);
+    assert!(body.starts_with("DELETE /\n"), "{body}");
+    assert!(body.contains("x-request-id: given-42"), "{body}");
+    assert_eq!(header(&headers, "x-request-id"), Some("given-42"));
+}
+
+#[test]
+fn a_ten_mebibyte_body_goes_up_and_comes_back() {
+    let server = start("big", ECHO, &[]);
+    let payload: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut request = format!(
+        "PUT /fn/echo/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&payload);
+    let (code, _, body) = exchange(server.address, &request);
+    assert_eq!(code, 200);
+    assert!(body.ends_with(&payload), "the whole body came back ({} bytes)", body.len());
+}
+
+#[test]
+fn errors_are_json_with_stable_codes() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+max_body = "1KiB"
+request_timeout = "2s"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 1
+max_instances = 1
+queue_limit = 1
+acquire_timeout = "1s"
+
+[functions.broken]
+command = ["{smgr}", "demo-function", "no-such-function"]
+startup_timeout = "2s"
+"#;
+    let server = start("errors", config, &[]);
+    let (code, _, body) =
+        exchange(server.address, b"GET /fn/nope/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((code, error_code(&body)), (404, "function_not_found".to_owned()));
+
+    let big = format!(
+        "POST /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2048\r\n\r\n{}",
+        "x".repeat(2048)
+    );
+    let (code, _, body) = exchange(server.address, big.as_bytes());
+    assert_eq!((code, error_code(&body)), (413, "body_too_large".to_owned()));
+
+    let (code, _, body) = exchange(
+        server.address,
+        b"GET /fn/broken/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        (code, error_code(&body)),
+        (502, "launch_failed".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        String::from_utf8_lossy(&body).contains("no demo function named"),
+        "the backend's message"
+    );
+
+    // One instance, held 5 s by a slow request that the 2 s request timeout ends: a second
+    // request waits in the queue (limit 1) and gives up after its 1 s acquire timeout; a third,
+    // sent while the second waits, finds the queue full.
+    let address = server.address;
+    let slow = std::thread::spawn(move || {
+        exchange(
+            address,
+            b"GET /fn/echo/sleep/5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let waiting = std::thread::spawn(move || {
+        exchange(address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, headers, body) =
+        exchange(address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((code, error_code(&body)), (429, "queue_full".to_owned()));
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+    let (code, headers, body) = waiting.join().unwrap();
+    assert_eq!((code, error_code(&body)), (503, "no_capacity".to_owned()));
+    assert!(header(&headers, "retry-after").is_some());
+    let (code, _, body) = slow.join().unwrap();
+    assert_eq!((code, error_code(&body)), (504, "timeout".to_owned()), "the 2 s request timeout");
+}
+
+#[test]
+fn admin_routes_need_the_token_and_report_pools_and_metrics() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+admin_token_env = "TEST_ADMIN_TOKEN"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 2
+max_instances = 3
+"#;
+    let server = start("admin", config, &[("TEST_ADMIN_TOKEN", "s3cret")]);
+    assert_eq!(get(&server, "/healthz").0, 200);
+    let (code, _, body) = exchange(
+        server.address,
+        b"GET /admin/pools HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((code, error_code(&body)), (401, "unauthorized".to_owned()));
+    let wrong = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n";
+    assert_eq!(exchange(server.address, wrong).0, 401);
+
+    assert_eq!(get(&server, "/fn/echo/x").0, 200);
+    let pools = b"GET /admin/pools HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n";
+    let (code, _, body) = exchange(server.address, pools);
+    assert_eq!(code, 200);
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let pool = &value["pools"][0];
+    assert_eq!(
+        (pool["function"].as_str(), pool["min"].as_u64(), pool["max"].as_u64()),
+        (Some("echo"), Some(2), Some(3))
+    );
+    let instances = pool["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2, "{value:#}");
+    assert!(
+        instances.iter().all(|i| i["pid"].as_u64().is_some()
+            && i["endpoint"].as_str().is_some_and(|e| e.starts_with("http://127.0.0.1:"))),
+        "{value:#}"
+    );
+
+    let scale = format!(
+        "POST /admin/pools/echo/scale HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+        r#"{"min":3,"max":3}"#.len(),
+        r#"{"min":3,"max":3}"#
+    );
+    let (code2, _, body2) = exchange(server.address, scale.as_bytes());
+    assert_eq!(code2, 200, "{}", String::from_utf8_lossy(&body2));
+    wait_until(Duration::from_secs(30), || {
+        let (_, _, body) = exchange(server.address, pools);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        value["pools"][0]["size"].as_u64() == Some(3)
+    });
+
+    let metrics = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n";
+    let (code, _, body) = exchange(server.address, metrics);
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200);
+    for needle in [
+        "smgr_requests_total{function=\"echo\",status=\"200\"} 1",
+        "smgr_request_duration_seconds_bucket{function=\"echo\",le=",
+        "smgr_pool_instances{function=\"echo\",state=\"idle\"}",
+        "smgr_pool_waiting{function=\"echo\"} 0",
+        "smgr_cold_starts_total{function=\"echo\"}",
+        "smgr_launch_failures_total{function=\"echo\"} 0",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+    let performance = b"GET /performance/metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n";
+    let (code, _, body) = exchange(server.address, performance);
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(value["requests"]["total"], 1, "{value:#}");
+}
+
+#[test]
+fn a_non_loopback_address_without_a_token_is_refused() {
+    let dir = scratch("refuse");
+    let output = Command::new(SMGR)
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env_remove("SMGR_ADMIN_TOKEN")
+        .env("SMGR_TEST_DIR", &dir)
+        .output()
+        .expect("smgr runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 without an admin token"), "{stderr}");
+    assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
+}
+
+#[test]
+fn many_concurrent_requests_all_succeed_through_the_queue() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 1
+max_instances = 4
+concurrency = 1
+queue_limit = 256
+acquire_timeout = "30s"
+"#;
+    let server = start("concurrent", config, &[]);
+    let address = server.address;
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let request =
+                    format!("GET /fn/echo/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                exchange(address, request.as_bytes())
+            })
+        })
+        .collect();
+    let mut codes = std::collections::BTreeMap::new();
+    for (i, thread) in threads.into_iter().enumerate() {
+        let (code, _, body) = thread.join().unwrap();
+        if code == 200 {
+            assert!(String::from_utf8_lossy(&body).starts_with(&format!("GET /{i}\n")));
+        }
+        *codes.entry(code).or_insert(0) += 1;
+    }
+    assert_eq!(codes.get(&200), Some(&200), "{codes:?}");
+}
+
+#[test]
+fn an_instance_killed_mid_run_is_replaced() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 1
+max_instances = 1
+health_check_interval = "200ms"
+"#;
+    let server = start("kill", config, &[]);
+    let (code, headers, _) =
+        exchange(server.address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(code, 200);
+    let first = header(&headers, "x-smgr-instance").unwrap().to_owned();
+    let pid = instance_pids(&server)[0];
+    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    // The next requests succeed: a GET found dead is retried on another instance, and the
+    // health check replaces the dead one.
+    let mut instances = Vec::new();
+    for _ in 0..5 {
+        let (code, headers, body) = exchange(
+            server.address,
+            b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        instances.push(header(&headers, "x-smgr-instance").unwrap().to_owned());
+    }
+    assert!(instances.iter().all(|instance| *instance != first), "{first} {instances:?}");
+}
+
+fn instance_pids(server: &Server) -> Vec<u32> {
+    let (_, body) = get(server, "/admin/pools");
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+    value["pools"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["pid"].as_u64())
+        .map(|p| p as u32)
+        .collect()
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_and_leaves_no_child() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+shutdown_timeout = "20s"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 4
+max_instances = 8
+concurrency = 8
+queue_limit = 100
+"#;
+    let mut server = start("sigterm", config, &[]);
+    wait_until(Duration::from_secs(30), || instance_pids(&server).len() == 4);
+    let address = server.address;
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            std::thread::spawn(move || {
+                exchange(
+                    address,
+                    b"GET /fn/echo/sleep/1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .0
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let pids = instance_pids(&server);
+    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    let codes: Vec<u16> = threads.into_iter().map(|thread| thread.join().unwrap()).collect();
+    assert!(codes.iter().all(|code| *code == 200), "{codes:?}");
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+            "instance {pid} still runs"
+        );
+    }
+    let _ = &server.dir;
+}
+
+fn is_zombie(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next()) == Some("Z")
+}
