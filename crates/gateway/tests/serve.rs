@@ -486,3 +486,124 @@ fn is_zombie(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next()) == Some("Z")
 }
+
+#[test]
+fn environment_overrides_reach_the_pools() {
+    let server = start("env", ECHO, &[("SMGR_FUNCTIONS__ECHO__MAX_INSTANCES", "3")]);
+    let (_, body) = get(&server, "/admin/pools");
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(value["pools"][0]["max"], 3, "{value:#}");
+}
+
+#[test]
+fn readyz_names_the_functions_below_their_minimum() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 1
+
+[functions.sleepy]
+command = ["sleep", "600"]
+min_instances = 1
+startup_timeout = "60s"
+"#;
+    let dir = scratch("readyz");
+    let port = free_port();
+    let config = config
+        .replace("{smgr}", SMGR)
+        .replace("{state}", dir.join("state").to_str().unwrap())
+        .replace("{pool}", &format!("t{}-readyz", std::process::id()));
+    let path = dir.join("smgr.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(SMGR)
+        .args([
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let server = Server { child, address: ([127, 0, 0, 1], port).into(), dir };
+    wait_until(Duration::from_secs(30), || get(&server, "/healthz").0 == 200);
+    wait_until(Duration::from_secs(30), || get(&server, "/fn/echo/").0 == 200);
+    let (code, body) = get(&server, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("sleepy (0 of 1 ready)") && !body.contains("echo"), "{body}");
+}
+
+#[test]
+fn status_prints_the_pools_of_a_running_gateway() {
+    let server = start("status", ECHO, &[]);
+    let output = Command::new(SMGR)
+        .args(["status", "--url", &format!("http://{}", server.address)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("FUNCTION"), "{stdout}");
+    let row = stdout.lines().find(|line| line.starts_with("echo")).expect("a row for echo");
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&columns[..3], ["echo", "1", "2"], "{row}");
+}
+
+#[test]
+fn check_reports_every_error_with_its_location_and_exits_2() {
+    let dir = scratch("check");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[functions.a]\ncommand = [\"x\"]\nmax_instances = \"many\"\n\n[functions.b]\ncommand = [\"y\"]\nmin_instances = 5\nmax_instances = 2\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let output =
+        Command::new(SMGR).args(["check", "--config", path.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let file = path.display().to_string();
+    assert!(
+        stderr.contains(&format!("{file}:6:17: functions.a.max_instances: invalid type")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:12:1: functions.b.colour: unknown field")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "functions.b.min_instances: min_instances (5) must not exceed max_instances (2)"
+        ),
+        "{stderr}"
+    );
+
+    let output = Command::new(SMGR)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .env("SMGR_SERVER__LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SMGR_SERVER__LISTEN: "), "{stderr}");
+
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[functions.a]\ncommand = [\"x\"]\n").unwrap();
+    let output =
+        Command::new(SMGR).args(["check", "--config", good.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("[functions.a]") && stdout.contains("max_instances = 4"), "{stdout}");
+}
+
+#[test]
+fn config_schema_prints_the_json_schema() {
+    let output = Command::new(SMGR).args(["config", "schema"]).output().unwrap();
+    assert!(output.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(schema["properties"]["functions"].is_object(), "{schema:#}");
+    assert!(schema["properties"]["server"].is_object(), "{schema:#}");
+}
