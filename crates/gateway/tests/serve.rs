@@ -607,3 +607,75 @@ fn config_schema_prints_the_json_schema() {
     assert!(schema["properties"]["functions"].is_object(), "{schema:#}");
     assert!(schema["properties"]["server"].is_object(), "{schema:#}");
 }
+
+#[test]
+fn an_instance_dying_under_a_request_with_a_body_is_a_502_instance_failed() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 1
+max_instances = 1
+"#;
+    let server = start("instance-failed", config, &[]);
+    let pid = instance_pids(&server)[0];
+    let address = server.address;
+    // A POST with a body is not safe to repeat: once sent, a failure is the client's to see.
+    let request = std::thread::spawn(move || {
+        exchange(address, b"POST /fn/echo/sleep/3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbody")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    let (code, _, body) = request.join().unwrap();
+    assert_eq!(
+        (code, error_code(&body)),
+        (502, "instance_failed".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // The broken instance is replaced.
+    let (code, _, _) =
+        exchange(address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(code, 200);
+    assert!(!instance_pids(&server).contains(&pid));
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_the_instances_die_with_smgr() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+shutdown_timeout = "60s"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 2
+max_instances = 2
+"#;
+    let mut server = start("second-signal", config, &[]);
+    wait_until(Duration::from_secs(30), || instance_pids(&server).len() == 2);
+    let pids = instance_pids(&server);
+    let address = server.address;
+    let slow = std::thread::spawn(move || {
+        exchange(
+            address,
+            b"GET /fn/echo/sleep/20000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let smgr = server.child.id().to_string();
+    Command::new("kill").args(["-TERM", &smgr]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill").args(["-TERM", &smgr]).status().unwrap();
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "a second signal exits non-zero at once");
+    let _ = slow.join();
+    wait_until(Duration::from_secs(10), || {
+        pids.iter().all(|pid| !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(*pid))
+    });
+}
