@@ -679,3 +679,35 @@ max_instances = 2
         pids.iter().all(|pid| !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(*pid))
     });
 }
+
+#[test]
+fn without_a_config_the_demo_functions_are_served_and_logs_can_be_json() {
+    use std::io::BufRead;
+    let port = free_port();
+    let mut child = Command::new(SMGR)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|line| !line.contains("smgr listening"))
+            .collect::<Vec<_>>()
+    });
+    let server = Server { child, address: ([127, 0, 0, 1], port).into(), dir: scratch("demo") };
+    wait_until(Duration::from_secs(30), || get(&server, "/readyz").0 == 200);
+    let (code, body) = get(&server, "/fn/hello/world");
+    assert_eq!(code, 200);
+    assert!(body.starts_with("hello from smgr: GET /world"), "{body}");
+    let lines = lines.join().unwrap();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(value["level"].is_string(), "{line}");
+    }
+}
