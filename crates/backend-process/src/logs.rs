@@ -151,7 +151,8 @@ fn emit(line: &mut Vec<u8>, stream: Stream, buffer: &LogBuffer, origin: &Origin)
             function = %origin.function, instance = origin.instance, pid = origin.pid,
             stream = "stdout", "{text}"
         ),
-        Stream::Stderr => tracing::warn!(
+        // Many programs log everything to stderr: it is not a sign of trouble by itself.
+        Stream::Stderr => tracing::info!(
             target: "smgr::function",
             function = %origin.function, instance = origin.instance, pid = origin.pid,
             stream = "stderr", "{text}"

@@ -72,7 +72,7 @@ async fn output_lines_are_tracing_events_naming_function_instance_and_stream() {
     assert!(stdout(&events), "no stdout event in {events:#?}");
     assert!(
         events.iter().any(|event| event
-            .starts_with("smgr::function WARN message=no config function=failing instance=5 pid=")
+            .starts_with("smgr::function INFO message=no config function=failing instance=5 pid=")
             && event.ends_with(" stream=\"stderr\"")),
         "no stderr event in {events:#?}"
     );

@@ -1225,6 +1225,11 @@ fn function_issues(
                 &["functions", name, "env", key],
                 format!("{key:?} is not a valid environment variable name"),
             ));
+        } else if key == "PORT" || key.starts_with("SMGR_") || key.starts_with("LISTEN_") {
+            issues.push(Issue::new(
+                &["functions", name, "env", key],
+                format!("{key} is set by smgr itself (PORT, SMGR_*, LISTEN_*)"),
+            ));
         }
     }
     if let Readiness::Http(path) = &function.readiness

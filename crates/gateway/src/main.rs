@@ -18,8 +18,9 @@ use gateway::{FunctionSetup, Gateway};
     name = "smgr",
     version,
     about = "Serve functions from warm pools over HTTP",
-    long_about = "smgr keeps warm pools of function instances (worker threads, child \
-                  processes, Docker containers, Kubernetes pods) and serves them over HTTP.",
+    long_about = "smgr keeps warm pools of function instances and serves them over HTTP. \
+                  This build runs functions as child processes (any program serving HTTP on \
+                  $PORT); worker threads, Docker containers and Kubernetes pods are to come.",
     // With no arguments, print the help on stderr and exit 2 instead of doing nothing.
     arg_required_else_help = true
 )]
@@ -202,9 +203,14 @@ async fn serve(
         address = listen;
     }
     if !address.ip().is_loopback() && token.is_none() && !insecure_no_auth {
+        let how = if config.is_some() {
+            "set server.admin_token_env or server.admin_token in the config"
+        } else {
+            "set SMGR_ADMIN_TOKEN"
+        };
         eprintln!(
-            "smgr: refusing to listen on {address} without an admin token: set server.admin_token_env \
-             (or SMGR_ADMIN_TOKEN), listen on a loopback address, or pass --insecure-no-auth"
+            "smgr: refusing to listen on {address} without an admin token: {how}, listen on a \
+             loopback address, or pass --insecure-no-auth"
         );
         return ExitCode::from(2);
     }
@@ -284,16 +290,18 @@ fn status(url: &str) -> ExitCode {
         "FUNCTION", "MIN", "MAX", "SIZE", "IDLE", "BUSY", "CREATING", "WAITING"
     );
     for pool in value["pools"].as_array().into_iter().flatten() {
+        let number =
+            |key: &str| pool[key].as_u64().map_or_else(|| "?".to_owned(), |n| n.to_string());
         println!(
             "{:<20} {:>4} {:>4} {:>5} {:>5} {:>5} {:>8} {:>8}",
             pool["function"].as_str().unwrap_or("?"),
-            pool["min"],
-            pool["max"],
-            pool["size"],
-            pool["idle"],
-            pool["busy"],
-            pool["creating"],
-            pool["waiting"],
+            number("min"),
+            number("max"),
+            number("size"),
+            number("idle"),
+            number("busy"),
+            number("creating"),
+            number("waiting"),
         );
     }
     ExitCode::SUCCESS

@@ -559,7 +559,7 @@ fn check_reports_every_error_with_its_location_and_exits_2() {
     let path = dir.join("bad.toml");
     std::fs::write(
         &path,
-        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[functions.a]\ncommand = [\"x\"]\nmax_instances = \"many\"\n\n[functions.b]\ncommand = [\"y\"]\nmin_instances = 5\nmax_instances = 2\ncolour = \"red\"\n",
+        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[functions.a]\ncommand = [\"x\"]\nmax_instances = \"many\"\n\n[functions.b]\ncommand = [\"y\"]\nmin_instances = 5\nmax_instances = 2\ncolour = \"red\"\nenv = { PORT = \"1\" }\n",
     )
     .unwrap();
     let output =
@@ -581,6 +581,7 @@ fn check_reports_every_error_with_its_location_and_exits_2() {
         ),
         "{stderr}"
     );
+    assert!(stderr.contains("functions.b.env.PORT: PORT is set by smgr itself"), "{stderr}");
 
     let output = Command::new(SMGR)
         .args(["check", "--config", path.to_str().unwrap()])

@@ -210,7 +210,9 @@ pub async fn exited_instance_is_dead_and_replaced<T: Target>(target: &T) {
     let health = wait_for_death(&*backend, &instance).await;
     assert!(matches!(health, Health::Dead(_)), "probe saw {health:?}");
     let ended = backend.terminate(instance, Duration::from_secs(5)).await.expect("terminate works");
-    assert_eq!(ended, Termination::AlreadyGone);
+    // Probe may see it dead (its port closed) while its exit is still under way, so terminate
+    // finds it gone or stopping, never needing force.
+    assert!(matches!(ended, Termination::AlreadyGone | Termination::Graceful), "{ended:?}");
 
     // In a pool: the health check finds it dead, the pool destroys it and creates another.
     let manager = FunctionManager::new(backend.clone(), crashing).expect("the spec is valid");
