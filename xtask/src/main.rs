@@ -6,6 +6,8 @@
 //!   every violation. CI runs the same checks as the `tidy` unit tests of this crate.
 //! - `cargo xtask bench-table` prints the latest criterion results as a markdown table of
 //!   ratios, for docs/performance.md.
+//! - `cargo xtask bench-gateway` measures smgr's proxy throughput and added latency against a
+//!   direct connection and nginx, with wrk, and prints the table for docs/performance.md.
 //!
 //! The alias lives in `.cargo/config.toml`. xtask keeps few dependencies because it is built
 //! before anything else runs.
@@ -16,6 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod bench_gateway;
 mod bench_table;
 mod ci;
 mod tidy;
@@ -30,6 +33,9 @@ commands:
   bench-table [--vs PEER]
                 the latest criterion results as a markdown table, with the ratio of
                 ours to PEER (default deadpool)
+  bench-gateway [--rounds N] [--duration SECS] [--connections N] [--threads N] [--instances N]
+                smgr's proxy throughput and added latency vs direct and nginx, with wrk
+                (installs nginx and wrk with apt-get when missing)
   help          print this message";
 
 fn main() -> ExitCode {
@@ -41,6 +47,7 @@ fn main() -> ExitCode {
         ["tidy"] => tidy::run(&workspace_root()),
         ["bench-table"] => bench_table::run(&workspace_root(), "deadpool"),
         ["bench-table", "--vs", peer] => bench_table::run(&workspace_root(), peer),
+        ["bench-gateway", options @ ..] => bench_gateway::run(&workspace_root(), options),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -855,7 +855,13 @@ impl hyper::body::Body for Relay {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
+            // hyper stops polling a body once it says it has ended, so the last data frame may
+            // be the last poll: the connection is free as soon as the body is complete.
             std::task::Poll::Ready(None) => {
+                self.done = true;
+                self.finish();
+            }
+            std::task::Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
                 self.done = true;
                 self.finish();
             }
@@ -892,6 +898,10 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        // An empty body is never polled: it ended as soon as it was made.
+        if self.inner.is_end_stream() {
+            self.done = true;
+        }
         self.finish();
     }
 }

@@ -712,3 +712,51 @@ fn without_a_config_the_demo_functions_are_served_and_logs_can_be_json() {
         assert!(value["level"].is_string(), "{line}");
     }
 }
+
+#[test]
+fn connections_to_instances_are_kept_alive_between_requests() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 1
+max_instances = 1
+"#;
+    let server = start("keepalive", config, &[]);
+    assert_eq!(get(&server, "/fn/echo/").0, 200);
+    let (_, body) = get(&server, "/admin/pools");
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let endpoint = value["pools"][0]["instances"][0]["endpoint"].as_str().unwrap().to_owned();
+    let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let before = socket_states(port);
+    for _ in 0..20 {
+        assert_eq!(get(&server, "/fn/echo/").0, 200);
+    }
+    let after = socket_states(port);
+    // One request per connection would leave a TIME_WAIT socket each (the readiness checks
+    // before left some already).
+    let time_wait = |states: &[String]| states.iter().filter(|state| *state == "06").count();
+    assert_eq!(
+        time_wait(&after),
+        time_wait(&before),
+        "closed after requests: {before:?} -> {after:?}"
+    );
+}
+
+/// The states of the sockets of `port` in /proc/net/tcp (hex: 01 ESTABLISHED, 06 TIME_WAIT).
+fn socket_states(port: u16) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let hex = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| {
+            fields.len() > 3 && (fields[1].ends_with(&hex) || fields[2].ends_with(&hex))
+        })
+        .map(|fields| fields[3].to_owned())
+        .collect()
+}

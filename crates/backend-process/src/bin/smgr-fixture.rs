@@ -5,12 +5,15 @@
 //! ```text
 //! smgr-fixture [--ignore-sigterm] [--never-ready] [--crash-after N] [--slow-start MS]
 //!              [--echo] [--fail-start MESSAGE] [--port-taken-once FILE] [--grandchild]
+//!              [--keep-alive]
 //! ```
 //!
 //! `GET /healthz` answers 200; `GET /env` answers the environment, one `NAME=value` a line,
 //! sorted; every other request answers 200 with the instance's identity and how it got its
-//! socket (`listen=activated` or `listen=port`), or with the request body under `--echo`. Only std and libc, so that it links statically
-//! into a `FROM scratch` image.
+//! socket (`listen=activated` or `listen=port`), or with the request body under `--echo`. Each
+//! connection serves one request and is closed, unless `--keep-alive` (for benchmarks): then it
+//! serves requests until the client closes it or sends `Connection: close`. Only std and libc,
+//! so that it links statically into a `FROM scratch` image.
 #![allow(unsafe_code, clippy::print_stdout)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,6 +32,7 @@ struct Flags {
     fail_start: Option<String>,
     port_taken_once: Option<String>,
     grandchild: bool,
+    keep_alive: bool,
 }
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Flags, String> {
@@ -41,6 +45,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Flags, String> {
             "--never-ready" => flags.never_ready = true,
             "--echo" => flags.echo = true,
             "--grandchild" => flags.grandchild = true,
+            "--keep-alive" => flags.keep_alive = true,
             "--crash-after" => {
                 let n = value(&arg)?;
                 flags.crash_after =
@@ -112,15 +117,27 @@ fn main() -> ExitCode {
         let served = served.clone();
         let echo = flags.echo;
         let crash_after = flags.crash_after;
+        let keep_alive = flags.keep_alive;
         std::thread::spawn(move || {
-            if let Ok(true) = serve(stream, echo, &served)
-                && crash_after.is_some_and(|limit| served.load(Ordering::SeqCst) >= limit)
-            {
-                eprintln!(
-                    "smgr-fixture: crashing after {} requests",
-                    served.load(Ordering::SeqCst)
-                );
-                std::process::exit(70);
+            let Ok(mut reader) = stream.try_clone().map(BufReader::new) else { return };
+            let mut stream = stream;
+            loop {
+                let Ok(Some(answered)) = serve(&mut reader, &mut stream, echo, keep_alive, &served)
+                else {
+                    return;
+                };
+                if answered.counted
+                    && crash_after.is_some_and(|limit| served.load(Ordering::SeqCst) >= limit)
+                {
+                    eprintln!(
+                        "smgr-fixture: crashing after {} requests",
+                        served.load(Ordering::SeqCst)
+                    );
+                    std::process::exit(70);
+                }
+                if !answered.keep_open {
+                    return;
+                }
             }
         });
     }
@@ -146,23 +163,52 @@ fn listener() -> Result<(TcpListener, bool), String> {
         .map_err(|error| format!("bind: {error}"))
 }
 
-/// Answers one request; `Ok(true)` when it counted (anything but the health check).
-fn serve(stream: TcpStream, echo: bool, served: &AtomicU64) -> std::io::Result<bool> {
-    let mut reader = BufReader::new(stream.try_clone()?);
+/// What answering one request did.
+struct Answered {
+    /// Anything but the health check.
+    counted: bool,
+    /// The connection stays open for another request (only under `--keep-alive`).
+    keep_open: bool,
+}
+
+/// Answers one request read from `reader` on `stream`; `Ok(None)` when, under `keep_alive`,
+/// the client closed the connection before sending another request.
+fn serve(
+    reader: &mut BufReader<TcpStream>,
+    stream: &mut TcpStream,
+    echo: bool,
+    keep_alive: bool,
+    served: &AtomicU64,
+) -> std::io::Result<Option<Answered>> {
     let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
+    // A connection closed without a request (a TCP readiness check) is not a request.
+    if reader.read_line(&mut request_line)? == 0 {
+        return Ok(None);
+    }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_owned());
+    // HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked.
+    let mut keep_open = keep_alive && parts.next() == Some("HTTP/1.1");
     let mut length = 0usize;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
             break;
         }
-        if let Some((name, value)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap_or(0);
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            } else if keep_alive && name.eq_ignore_ascii_case("connection") {
+                let tokens = value.split(',').map(str::trim);
+                for token in tokens {
+                    if token.eq_ignore_ascii_case("close") {
+                        keep_open = false;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        keep_open = true;
+                    }
+                }
+            }
         }
     }
     let mut body = vec![0; length.min(16 << 20)];
@@ -190,13 +236,15 @@ fn serve(stream: TcpStream, echo: bool, served: &AtomicU64) -> std::io::Result<b
     if counted {
         served.fetch_add(1, Ordering::SeqCst);
     }
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+    let connection = if keep_open { "keep-alive" } else { "close" };
+    // One write for head and body, so that a kept connection sends one segment per answer.
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: {connection}\r\n\r\n",
         answer.len()
-    )?;
-    stream.write_all(&answer)?;
+    )
+    .into_bytes();
+    response.extend_from_slice(&answer);
+    stream.write_all(&response)?;
     stream.flush()?;
-    Ok(counted)
+    Ok(Some(Answered { counted, keep_open }))
 }
