@@ -5,8 +5,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use backend_process::{ProcessBackend, ProcessBackendConfig, ProcessSpec};
@@ -18,7 +19,9 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use perf_monitor::{Counter, Format, Gauge, Histogram, Monitor, MonitorConfig, Unit};
+use perf_monitor::{
+    Counter, EndpointTracker, Format, Gauge, Histogram, Monitor, MonitorConfig, Registry, Unit,
+};
 use pool_core::{
     Backend, Endpoint, Error as PoolError, FunctionManager, FunctionName, InstanceId, Lease, Pool,
     PoolConfig, PoolName, Scope,
@@ -190,6 +193,8 @@ impl GatewayBuilder {
                     "Requests waiting for an instance",
                     &labels,
                 )?,
+                requests: (STATUS_CODES).map(|_| OnceLock::new()).collect(),
+                endpoint: monitor.tracker().endpoint(&name)?,
             };
             let served = FunctionPool {
                 name: name.clone(),
@@ -208,7 +213,12 @@ impl GatewayBuilder {
                 request_timeout: self.request_timeout,
                 shutdown_timeout: self.shutdown_timeout,
                 next_request: AtomicU64::new(0),
-                started: SystemTime::now(),
+                request_prefix: format!(
+                    "smgr-{:x}-",
+                    SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |elapsed| elapsed.as_nanos())
+                ),
             }),
         })
     }
@@ -228,6 +238,35 @@ struct FunctionMetrics {
     cold_starts: Counter,
     launch_failures: Counter,
     waiting: Gauge,
+    /// `smgr_requests{function, status}` by status code (100 to 599), registered on first use
+    /// so that no request looks its counter up by labels.
+    requests: Box<[OnceLock<Counter>]>,
+    /// The function's handles in the monitor's request tracker.
+    endpoint: EndpointTracker,
+}
+
+/// The status codes a response may have.
+const STATUS_CODES: std::ops::Range<u16> = 100..600;
+
+impl FunctionMetrics {
+    /// Counts one response of `function` with `status`.
+    fn count_response(&self, registry: &Registry, function: &str, status: StatusCode) {
+        let slot = usize::from(status.as_u16().saturating_sub(STATUS_CODES.start));
+        let Some(slot) = self.requests.get(slot) else { return };
+        let counter = match slot.get() {
+            Some(counter) => counter,
+            None => {
+                let labels = [("function", function), ("status", status.as_str())];
+                let Ok(counter) =
+                    registry.counter("smgr_requests", "Requests by function and status", &labels)
+                else {
+                    return;
+                };
+                slot.get_or_init(|| counter)
+            }
+        };
+        counter.inc();
+    }
 }
 
 struct Shared {
@@ -238,7 +277,8 @@ struct Shared {
     request_timeout: Duration,
     shutdown_timeout: Duration,
     next_request: AtomicU64,
-    started: SystemTime,
+    /// `smgr-<start time in hex>-`: request ids are this and a counter.
+    request_prefix: String,
 }
 
 /// The gateway: serves its functions over HTTP. See the crate docs.
@@ -290,9 +330,11 @@ impl Gateway {
                     let Ok((stream, remote)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
                     let shared = self.shared.clone();
+                    let client = Arc::new(Client::new(remote));
                     let service = service_fn(move |request| {
                         let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(handle(&shared, request, remote).await) }
+                        let client = client.clone();
+                        async move { Ok::<_, Infallible>(handle(&shared, request, &client).await) }
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service);
@@ -324,15 +366,26 @@ impl Gateway {
     }
 }
 
+/// The client at the other end of a connection.
+struct Client {
+    /// Its IP address, as `X-Forwarded-For` carries it.
+    ip: String,
+    /// The same as a header value.
+    ip_header: Option<HeaderValue>,
+}
+
+impl Client {
+    fn new(remote: SocketAddr) -> Self {
+        let ip = remote.ip().to_string();
+        let ip_header = HeaderValue::from_str(&ip).ok();
+        Self { ip, ip_header }
+    }
+}
+
 /// Routes one request.
-async fn handle(
-    shared: &Arc<Shared>,
-    request: Request<Incoming>,
-    remote: SocketAddr,
-) -> Response<Body> {
-    let path = request.uri().path().to_owned();
-    if let Some(rest) = path.strip_prefix("/fn/") {
-        let (name, tail) = rest.split_once('/').map_or((rest, ""), |(name, tail)| (name, tail));
+async fn handle(shared: &Arc<Shared>, request: Request<Incoming>, client: &Client) -> Response<Body> {
+    if let Some(rest) = request.uri().path().strip_prefix("/fn/") {
+        let name = rest.split_once('/').map_or(rest, |(name, _)| name);
         let Some(function) = shared.functions.get(name) else {
             return error(
                 StatusCode::NOT_FOUND,
@@ -340,9 +393,23 @@ async fn handle(
                 format!("no function named `{name}`"),
             );
         };
-        let tail = format!("/{tail}");
-        return forward(shared, function, request, remote, &tail).await;
+        // What the instance sees: the path after the function's name, and the query.
+        let prefix = "/fn/".len() + name.len();
+        let target = match request.uri().path_and_query().map(|whole| &whole.as_str()[prefix..]) {
+            Some(target) if target.starts_with('/') => http::Uri::try_from(target),
+            Some(target) => http::Uri::try_from(format!("/{target}")),
+            None => Ok(http::Uri::from_static("/")),
+        };
+        let Ok(target) = target else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request path is not valid".to_owned(),
+            );
+        };
+        return forward(shared, function, request, client, target).await;
     }
+    let path = request.uri().path().to_owned();
     match (request.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(shared),
@@ -570,31 +637,69 @@ async fn forward(
     shared: &Arc<Shared>,
     function: &FunctionPool,
     request: Request<Incoming>,
-    remote: SocketAddr,
-    path: &str,
+    client: &Client,
+    target: http::Uri,
 ) -> Response<Body> {
     let started = Instant::now();
-    let response = forward_inner(shared, function, request, remote, path, started).await;
+    let deadline = started + shared.request_timeout;
+    let response = match tokio::time::timeout_at(
+        deadline,
+        forward_inner(shared, function, request, client, target, started),
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(_) => timeout(shared),
+    };
     let status = response.status();
-    function.metrics.duration.record_duration(started.elapsed());
-    let labels = [("function", function.name.as_str()), ("status", status.as_str())];
-    if let Ok(counter) = shared.monitor.registry().counter(
-        "smgr_requests",
-        "Requests by function and status",
-        &labels,
-    ) {
-        counter.inc();
-    }
-    shared.monitor.track(started.elapsed(), !status.is_server_error(), &function.name);
+    let elapsed = started.elapsed();
+    function.metrics.duration.record_duration(elapsed);
+    function.metrics.count_response(shared.monitor.registry(), &function.name, status);
+    shared.monitor.tracker().track_with(
+        &function.metrics.endpoint,
+        elapsed,
+        !status.is_server_error(),
+    );
     response
 }
 
+/// A lease held while a request is on its way to the instance. Dropped unreleased after the
+/// request's deadline (the request timed out waiting for the instance's answer), the instance
+/// is stuck on the request and is replaced; dropped before (the client went away, or the
+/// request failed), it goes back to the pool unless it was marked broken.
+struct Sending {
+    lease: Option<Lease<Manager>>,
+    deadline: Instant,
+}
+
+impl Sending {
+    /// The lease, to give back normally.
+    fn release(mut self) -> Lease<Manager> {
+        self.lease.take().expect("a lease is held until released")
+    }
+
+    fn mark_broken(&mut self) {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.mark_broken();
+        }
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if Instant::now() >= self.deadline {
+            self.mark_broken();
+        }
+    }
+}
+
+/// [`forward`] within the request timeout.
 async fn forward_inner(
     shared: &Arc<Shared>,
     function: &FunctionPool,
     request: Request<Incoming>,
-    remote: SocketAddr,
-    path: &str,
+    client: &Client,
+    target: http::Uri,
     started: Instant,
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
@@ -613,12 +718,11 @@ async fn forward_inner(
     let request_id = match parts.headers.get("x-request-id").cloned() {
         Some(id) => id,
         None => {
-            let id = format!(
-                "smgr-{:x}-{}",
-                started_nanos(shared),
-                shared.next_request.fetch_add(1, Ordering::Relaxed)
-            );
-            HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("smgr"))
+            let mut id = String::with_capacity(shared.request_prefix.len() + 20);
+            id.push_str(&shared.request_prefix);
+            let _ = write!(id, "{}", shared.next_request.fetch_add(1, Ordering::Relaxed));
+            HeaderValue::from_maybe_shared(Bytes::from(id))
+                .unwrap_or_else(|_| HeaderValue::from_static("smgr"))
         }
     };
     let has_body = declared.is_some_and(|length| length > 0)
@@ -627,37 +731,22 @@ async fn forward_inner(
     let repeatable =
         !has_body && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     strip_hop_by_hop(&mut parts.headers);
-    let forwarded_for =
-        match parts.headers.get("x-forwarded-for").and_then(|value| value.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {}", remote.ip()),
-            None => remote.ip().to_string(),
-        };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    let forwarded_for = match parts.headers.get("x-forwarded-for").map(HeaderValue::to_str) {
+        Some(Ok(earlier)) => HeaderValue::from_str(&format!("{earlier}, {}", client.ip)).ok(),
+        _ => client.ip_header.clone(),
+    };
+    if let Some(value) = forwarded_for {
         parts.headers.insert("x-forwarded-for", value);
     }
     parts.headers.insert("x-request-id", request_id.clone());
-    let query = parts.uri.query().map(|query| format!("?{query}")).unwrap_or_default();
-    let target: http::Uri = match format!("{path}{query}").parse() {
-        Ok(uri) => uri,
-        Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the request path is not valid".to_owned(),
-            );
-        }
-    };
     let max_body = usize::try_from(shared.max_body).unwrap_or(usize::MAX);
     let mut body = Some(Limited::new(body, max_body).map_err(BoxError::from).boxed());
-    let deadline = started + shared.request_timeout;
     let arrived = SystemTime::now() - started.elapsed();
 
     for attempt in 0..2 {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let lease = match tokio::time::timeout(remaining, function.pool.acquire()).await {
-            Err(_) => return timeout(shared),
-            Ok(Err(cause)) => return pool_error(function, cause),
-            Ok(Ok(lease)) => lease,
+        let lease = match function.pool.acquire().await {
+            Err(cause) => return pool_error(function, cause),
+            Ok(lease) => lease,
         };
         // Cold: the instance was launched for this request (after it arrived).
         let cold = lease.created_at() >= arrived;
@@ -671,13 +760,15 @@ async fn forward_inner(
                 "the instance has no HTTP endpoint".to_owned(),
             );
         };
-        let mut lease = lease;
-        let sender = match function.connection(lease.id(), address).await {
-            Ok(sender) => sender,
+        let instance = lease.id();
+        let mut lease = Sending { lease: Some(lease), deadline: started + shared.request_timeout };
+        let (mut sender, upstream) = match function.connection(instance, address).await {
+            Ok(connection) => connection,
             Err(cause) => {
                 // Nothing was sent: any request may go to another instance.
-                tracing::warn!(function = %function.name, instance = %lease.id(), %cause, "instance unreachable");
+                tracing::warn!(function = %function.name, %instance, %cause, "instance unreachable");
                 lease.mark_broken();
+                drop(lease);
                 if attempt == 0 {
                     continue;
                 }
@@ -688,51 +779,51 @@ async fn forward_inner(
                 );
             }
         };
-        let mut upstream = Request::new(if repeatable {
+        let mut request = Request::new(if repeatable {
             Full::new(Bytes::new()).map_err(BoxError::from).boxed()
         } else {
             body.take().unwrap_or_else(|| Full::new(Bytes::new()).map_err(BoxError::from).boxed())
         });
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = target.clone();
-        *upstream.headers_mut() = parts.headers.clone();
-        if let Ok(host) = HeaderValue::from_str(&address.to_string()) {
-            upstream.headers_mut().insert(header::HOST, host);
-        }
-        let mut sender = sender;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, sender.send_request(upstream)).await {
-            Ok(Ok(response)) => {
-                let instance = lease.id();
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = target.clone();
+        // Only a repeatable request is sent twice: any other takes the headers along.
+        *request.headers_mut() =
+            if repeatable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+        request.headers_mut().insert(header::HOST, upstream.host.clone());
+        match sender.send_request(request).await {
+            Ok(response) => {
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 head.headers.insert("x-request-id", request_id);
-                if let Ok(value) = HeaderValue::from_str(&instance.0.to_string()) {
-                    head.headers.insert("x-smgr-instance", value);
-                }
+                head.headers.insert("x-smgr-instance", upstream.instance.clone());
                 head.headers.insert(
                     "x-smgr-cold-start",
                     HeaderValue::from_static(if cold { "true" } else { "false" }),
                 );
                 let body = Relay {
                     inner: incoming,
-                    lease: Some(lease),
+                    lease: Some(lease.release()),
                     sender: Some(sender),
+                    headers: upstream,
                     returns: function.connections_handle(),
                     done: false,
                 };
                 return Response::from_parts(head, body.boxed());
             }
-            Ok(Err(cause)) => {
-                if cause.to_string().contains("length limit exceeded") || body_too_large(&cause) {
+            Err(cause) => {
+                if body_too_large(&cause) || cause.to_string().contains("length limit exceeded") {
+                    // The client's body was refused, not the instance's answer: the instance
+                    // is fine.
+                    drop(lease.release());
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "body_too_large",
                         format!("the body is larger than the limit of {} bytes", shared.max_body),
                     );
                 }
-                tracing::warn!(function = %function.name, instance = %lease.id(), %cause, "instance failed");
+                tracing::warn!(function = %function.name, %instance, %cause, "instance failed");
                 lease.mark_broken();
+                drop(lease);
                 if repeatable && attempt == 0 {
                     continue;
                 }
@@ -741,11 +832,6 @@ async fn forward_inner(
                     "instance_failed",
                     format!("the instance failed: {cause}"),
                 );
-            }
-            Err(_) => {
-                // The instance is stuck on this request: replace it.
-                lease.mark_broken();
-                return timeout(shared);
             }
         }
     }
@@ -765,10 +851,6 @@ fn body_too_large(cause: &hyper::Error) -> bool {
         source = error.source();
     }
     false
-}
-
-fn started_nanos(shared: &Shared) -> u128 {
-    shared.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos())
 }
 
 fn pool_error(function: &FunctionPool, cause: PoolError) -> Response<Body> {
@@ -804,26 +886,55 @@ fn timeout(shared: &Shared) -> Response<Body> {
     )
 }
 
-type Connections = Arc<Mutex<HashMap<InstanceId, Vec<SendRequest<Body>>>>>;
+/// What the gateway keeps per instance: its idle keep-alive connections, and the header values
+/// every request to it carries.
+struct Upstream {
+    /// `Host` on requests to the instance.
+    host: HeaderValue,
+    /// `X-Smgr-Instance` on its responses.
+    instance: HeaderValue,
+    idle: Vec<SendRequest<Body>>,
+}
+
+/// The header values of an instance, which [`FunctionPool::connection`] hands out.
+#[derive(Clone)]
+struct UpstreamHeaders {
+    host: HeaderValue,
+    instance: HeaderValue,
+}
+
+type Connections = Arc<Mutex<HashMap<InstanceId, Upstream>>>;
 
 impl FunctionPool {
     fn connections_handle(&self) -> Connections {
         self.connections.clone()
     }
 
-    /// A ready connection to `instance`: a kept one, or a new one.
+    /// A ready connection to `instance`, a kept one or a new one, and the instance's header
+    /// values.
     async fn connection(
         &self,
         instance: InstanceId,
         address: SocketAddr,
-    ) -> Result<SendRequest<Body>, BoxError> {
+    ) -> Result<(SendRequest<Body>, UpstreamHeaders), BoxError> {
         loop {
-            let kept = self.connections.lock().get_mut(&instance).and_then(Vec::pop);
-            let Some(mut sender) = kept else { break };
+            let kept = self.connections.lock().get_mut(&instance).and_then(|upstream| {
+                let headers = UpstreamHeaders {
+                    host: upstream.host.clone(),
+                    instance: upstream.instance.clone(),
+                };
+                upstream.idle.pop().map(|sender| (sender, headers))
+            });
+            let Some((mut sender, headers)) = kept else { break };
             if sender.ready().await.is_ok() {
-                return Ok(sender);
+                return Ok((sender, headers));
             }
         }
+        // A new connection is rare (up to `concurrency` per instance): forget the instances
+        // that are gone meanwhile.
+        let live: std::collections::HashSet<InstanceId> =
+            self.pool.instances().into_iter().map(|status| status.id).collect();
+        self.connections.lock().retain(|id, _| live.contains(id));
         let stream = TcpStream::connect(address).await?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) =
@@ -831,7 +942,11 @@ impl FunctionPool {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(sender)
+        let headers = UpstreamHeaders {
+            host: HeaderValue::from_str(&address.to_string())?,
+            instance: HeaderValue::from_str(&instance.0.to_string())?,
+        };
+        Ok((sender, headers))
     }
 }
 
@@ -841,6 +956,7 @@ struct Relay {
     inner: Incoming,
     lease: Option<Lease<Manager>>,
     sender: Option<SendRequest<Body>>,
+    headers: UpstreamHeaders,
     returns: Connections,
     done: bool,
 }
@@ -890,7 +1006,17 @@ impl Relay {
         if let (true, Some(sender), Some(lease)) =
             (self.done, self.sender.take(), self.lease.as_ref())
         {
-            self.returns.lock().entry(lease.id()).or_default().push(sender);
+            let headers = &self.headers;
+            self.returns
+                .lock()
+                .entry(lease.id())
+                .or_insert_with(|| Upstream {
+                    host: headers.host.clone(),
+                    instance: headers.instance.clone(),
+                    idle: Vec::new(),
+                })
+                .idle
+                .push(sender);
         }
         self.lease = None;
     }

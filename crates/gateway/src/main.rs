@@ -12,6 +12,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gateway::config::Config;
 use gateway::{FunctionSetup, Gateway};
 
+/// A proxy allocates and frees a few buffers and header maps per request: mimalloc spends about
+/// 15% less CPU in user space per proxied request than the system allocator here (see
+/// docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The command line of `smgr`.
 #[derive(Debug, Parser)]
 #[command(

@@ -760,3 +760,44 @@ fn socket_states(port: u16) -> Vec<String> {
         .map(|fields| fields[3].to_owned())
         .collect()
 }
+
+#[test]
+fn a_client_that_goes_away_keeps_the_instance_and_a_timed_out_request_replaces_it() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+request_timeout = "1s"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 1
+max_instances = 1
+"#;
+    let server = start("abandoned", config, &[]);
+    let instance = || {
+        let (code, headers, _) = exchange(
+            server.address,
+            b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(code, 200);
+        header(&headers, "x-smgr-instance").unwrap().to_owned()
+    };
+    let first = instance();
+
+    // The client hangs up while the instance works on its request: the instance is fine.
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    stream.write_all(b"GET /fn/echo/sleep/600 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(instance(), first, "a client going away is no fault of the instance");
+
+    // The instance does not answer within the request timeout: it is stuck, and replaced.
+    let (code, _, body) = exchange(
+        server.address,
+        b"GET /fn/echo/sleep/3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((code, error_code(&body)), (504, "timeout".to_owned()));
+    assert_ne!(instance(), first, "the instance stuck on a request is replaced");
+}

@@ -123,6 +123,13 @@ impl RequestTracker {
         Ok(tracker)
     }
 
+    /// Records one request of an endpoint whose handles [`RequestTracker::endpoint`] gave:
+    /// like [`RequestTracker::track`] without the lookup by name.
+    pub fn track_with(&self, endpoint: &EndpointTracker, duration: Duration, success: bool) {
+        self.all.track(duration, success);
+        endpoint.track(duration, success);
+    }
+
     /// Records one request of `endpoint`: its duration and whether it succeeded.
     pub fn track(&self, duration: Duration, success: bool, endpoint: &str) {
         self.all.track(duration, success);
@@ -198,6 +205,20 @@ fn stats(tracker: &EndpointTracker, covered: Duration) -> EndpointStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn tracking_through_held_handles_counts_like_tracking_by_name() {
+        let tracker = RequestTracker::new(Registry::new(Duration::from_secs(60))).unwrap();
+        let held = tracker.endpoint("/held").unwrap();
+        tracker.track_with(&held, Duration::from_millis(5), true);
+        tracker.track_with(&held, Duration::from_millis(7), false);
+        tracker.track(Duration::from_millis(9), true, "/held");
+        let stats = tracker.stats();
+        let endpoint = &stats.endpoints["/held"];
+        assert_eq!((endpoint.requests, endpoint.failures), (3, 1));
+        assert_eq!((stats.total.requests, stats.total.failures), (3, 1));
+        assert_eq!((endpoint.latency_ms.min, endpoint.latency_ms.max), (5.0, 9.0));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn requests_are_counted_per_endpoint_and_in_total_over_the_window() {
