@@ -1,4 +1,9 @@
 //! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
+//!
+//! The steps: `fmt`, `clippy`, `tidy`, `docker` (makes sure a Docker Engine answers, starting
+//! one when needed: see [`crate::docker_engine`]), `test` (nextest and the doc tests, with
+//! `SMGR_REQUIRE_DOCKER=1` so the Docker tests fail rather than skip without an engine), `doc`,
+//! `deny` and `bench`. `--fast` skips `doc` and `deny`.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -6,6 +11,8 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::docker_engine;
 
 /// Which steps to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +38,18 @@ struct Tool {
 struct Step {
     name: &'static str,
     skipped_in_fast_mode: bool,
-    /// A tool to install first when `cargo <subcommand> --version` fails.
-    needs: Option<&'static Tool>,
+    /// What to make sure of before the commands run.
+    needs: Option<Need>,
     commands: Vec<Cargo>,
+}
+
+/// Something a step makes sure of before its commands run.
+#[derive(Clone, Copy)]
+enum Need {
+    /// A tool to install first when `cargo <subcommand> --version` fails.
+    Tool(&'static Tool),
+    /// A Docker Engine that answers, started when it is the local one.
+    DockerEngine,
 }
 
 /// A cargo invocation: its arguments, extra environment variables, and how to count its tests.
@@ -68,6 +84,9 @@ impl Counts {
     }
 }
 
+/// The environment of the test commands: Docker tests fail, rather than skip, without an engine.
+const TEST_ENV: &[(&str, &str)] = &[("SMGR_REQUIRE_DOCKER", "1")];
+
 /// Where nextest writes its JUnit report, relative to the workspace root.
 const NEXTEST_JUNIT: &str = "target/nextest/default/junit.xml";
 
@@ -75,8 +94,9 @@ const fn cargo(args: &'static [&'static str]) -> Cargo {
     Cargo { args, env: &[], tally: Tally::None }
 }
 
-const fn counted(args: &'static [&'static str], tally: Tally) -> Cargo {
-    Cargo { args, env: &[], tally }
+/// A test command: counted, and run with [`TEST_ENV`].
+const fn test_command(args: &'static [&'static str], tally: Tally) -> Cargo {
+    Cargo { args, env: TEST_ENV, tally }
 }
 
 fn steps() -> Vec<Step> {
@@ -123,11 +143,18 @@ fn steps() -> Vec<Step> {
             commands: vec![cargo(&["test", "--locked", "--package", "xtask", "--", "tidy::"])],
         },
         Step {
+            // The test step needs it: no Docker test may skip.
+            name: "docker",
+            skipped_in_fast_mode: false,
+            needs: Some(Need::DockerEngine),
+            commands: vec![],
+        },
+        Step {
             name: "test",
             skipped_in_fast_mode: false,
-            needs: Some(&NEXTEST),
+            needs: Some(Need::Tool(&NEXTEST)),
             commands: vec![
-                counted(
+                test_command(
                     &[
                         "nextest",
                         "run",
@@ -139,7 +166,7 @@ fn steps() -> Vec<Step> {
                     Tally::NextestJunit,
                 ),
                 // nextest does not run doc tests.
-                counted(
+                test_command(
                     &["test", "--locked", "--workspace", "--all-features", "--doc"],
                     Tally::LibtestOutput,
                 ),
@@ -158,7 +185,7 @@ fn steps() -> Vec<Step> {
         Step {
             name: "deny",
             skipped_in_fast_mode: true,
-            needs: Some(&DENY),
+            needs: Some(Need::Tool(&DENY)),
             // Advisories are not checked: deny.toml says why.
             commands: vec![cargo(&[
                 "deny",
@@ -231,8 +258,10 @@ pub(crate) fn run(root: &Path, mode: Mode) -> ExitCode {
 }
 
 fn run_step(root: &Path, step: &Step, counts: &mut Option<Counts>) -> Result<(), String> {
-    if let Some(tool) = step.needs {
-        ensure_installed(root, tool)?;
+    match step.needs {
+        Some(Need::Tool(tool)) => ensure_installed(root, tool)?,
+        Some(Need::DockerEngine) => docker_engine::ensure_running(root)?,
+        None => {}
     }
     for command in &step.commands {
         run_cargo(root, command, counts)?;
@@ -365,7 +394,30 @@ mod tests {
     #[test]
     fn steps_run_in_the_documented_order() {
         let names: Vec<&str> = steps().iter().map(|step| step.name).collect();
-        assert_eq!(names, ["fmt", "clippy", "tidy", "test", "doc", "deny", "bench"]);
+        assert_eq!(names, ["fmt", "clippy", "tidy", "docker", "test", "doc", "deny", "bench"]);
+    }
+
+    #[test]
+    fn the_docker_engine_is_ensured_right_before_the_tests() {
+        let steps = steps();
+        let at = steps.iter().position(|step| step.name == "docker").expect("a docker step");
+        assert!(matches!(steps[at].needs, Some(Need::DockerEngine)));
+        assert!(!steps[at].skipped_in_fast_mode);
+        assert_eq!(steps[at + 1].name, "test");
+    }
+
+    #[test]
+    fn every_test_command_requires_docker() {
+        let steps = steps();
+        let test = steps.iter().find(|step| step.name == "test").expect("a test step");
+        assert_eq!(test.commands.len(), 2, "nextest and the doc tests");
+        for command in &test.commands {
+            assert!(
+                command.env.contains(&("SMGR_REQUIRE_DOCKER", "1")),
+                "{:?} runs without SMGR_REQUIRE_DOCKER=1",
+                command.args
+            );
+        }
     }
 
     #[test]

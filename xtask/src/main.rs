@@ -21,14 +21,15 @@ use std::process::ExitCode;
 mod bench_gateway;
 mod bench_table;
 mod ci;
+mod docker_engine;
 mod tidy;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci [--fast]   run what CI runs: fmt, clippy, tidy, tests, docs, deny, benchmark build
-                (--fast skips docs and deny)
+  ci [--fast]   run what CI runs: fmt, clippy, tidy, tests (starting a Docker Engine when
+                none runs), docs, deny, benchmark build (--fast skips docs and deny)
   tidy          check the architecture invariants and print every violation
   bench-table [--vs PEER]
                 the latest criterion results as a markdown table, with the ratio of

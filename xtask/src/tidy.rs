@@ -687,6 +687,10 @@ mod tests {
             .to_owned()
     }
 
+    fn has_package(metadata: &Value, name: &str) -> bool {
+        metadata["packages"].as_array().unwrap().iter().any(|package| package["name"] == name)
+    }
+
     /// Adds an outside package with no dependencies; returns its id.
     fn add_package(metadata: &mut Value, name: &str) -> String {
         let id = format!("registry+https://github.com/rust-lang/crates.io-index#{name}@1.0.0");
@@ -796,9 +800,20 @@ mod tests {
     fn each_banned_crate_is_caught_as_a_build_dependency_too() {
         for banned in BANNED_UNDER_POOL_CORE {
             let mut metadata = real_metadata();
-            add_package(&mut metadata, banned);
+            // Some banned crates are in the workspace's real tree (bollard, hyper, ... under
+            // the backends and the gateway), with banned crates of their own under them: the
+            // direct edge is the one this test is about.
+            if !has_package(&metadata, banned) {
+                add_package(&mut metadata, banned);
+            }
             add_edge(&mut metadata, "pool-core", banned, Some("build"));
-            assert_one(&violations_of(&metadata), Check::PoolCoreDependency, banned);
+            let direct = format!("through pool-core -> {banned}:");
+            let violations = violations_of(&metadata);
+            let matching: Vec<_> = violations
+                .iter()
+                .filter(|v| v.check == Check::PoolCoreDependency && v.message.contains(&direct))
+                .collect();
+            assert_eq!(matching.len(), 1, "want {direct:?} once, got {violations:#?}");
         }
     }
 

@@ -428,10 +428,14 @@ fn dead_owner() -> OwnerId {
 
 /// Emits one `#[tokio::test]` per conformance scenario for a [`Target`]: call it at the top
 /// level of an integration test file with an expression that builds the target.
+///
+/// With `skip_if = path;` first, each test first calls `path(scenario_name) -> bool` and
+/// returns at once when it says `true`: for backends that need something outside the test
+/// (an engine, a cluster), which the function reports loudly when it is missing.
 #[macro_export]
 macro_rules! conformance_suite {
-    ($target:expr) => {
-        $crate::conformance_suite!(@tests $target;
+    (skip_if = $skip:path; $target:expr) => {
+        $crate::conformance_suite!(@tests $skip; $target;
             launch_then_request,
             concurrent_launches_get_distinct_endpoints,
             exited_instance_is_dead_and_replaced,
@@ -442,12 +446,23 @@ macro_rules! conformance_suite {
             pool_shutdown_leaves_nothing
         );
     };
-    (@tests $target:expr; $($scenario:ident),+) => {
+    ($target:expr) => {
+        $crate::conformance_suite!(skip_if = $crate::testkit::never_skip; $target);
+    };
+    (@tests $skip:path; $target:expr; $($scenario:ident),+) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $scenario() {
+                if $skip(stringify!($scenario)) {
+                    return;
+                }
                 $crate::testkit::$scenario(&$target).await;
             }
         )+
     };
+}
+
+/// The `skip_if` of a suite that always runs.
+pub fn never_skip(_scenario: &str) -> bool {
+    false
 }

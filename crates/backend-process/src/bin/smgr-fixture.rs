@@ -5,15 +5,17 @@
 //! ```text
 //! smgr-fixture [--ignore-sigterm] [--never-ready] [--crash-after N] [--slow-start MS]
 //!              [--echo] [--fail-start MESSAGE] [--port-taken-once FILE] [--grandchild]
-//!              [--keep-alive]
+//!              [--keep-alive] [--any-address]
 //! ```
 //!
 //! `GET /healthz` answers 200; `GET /env` answers the environment, one `NAME=value` a line,
 //! sorted; every other request answers 200 with the instance's identity and how it got its
 //! socket (`listen=activated` or `listen=port`), or with the request body under `--echo`. Each
 //! connection serves one request and is closed, unless `--keep-alive` (for benchmarks): then it
-//! serves requests until the client closes it or sends `Connection: close`. Only std and libc,
-//! so that it links statically into a `FROM scratch` image.
+//! serves requests until the client closes it or sends `Connection: close`. It listens on
+//! 127.0.0.1, or on every interface with `--any-address` (in a container, behind a published
+//! port). Only std, with no crate at all, so that the Docker tests can compile it with `rustc`
+//! alone into a static binary for a `FROM scratch` image.
 #![allow(unsafe_code, clippy::print_stdout)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,6 +23,13 @@ use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+// The one libc function the fixture needs, declared here so that it builds without crates.
+unsafe extern "C" {
+    fn signal(signum: i32, handler: usize) -> usize;
+}
+const SIGTERM: i32 = 15;
+const SIG_IGN: usize = 1;
 
 #[derive(Default)]
 struct Flags {
@@ -33,6 +42,7 @@ struct Flags {
     port_taken_once: Option<String>,
     grandchild: bool,
     keep_alive: bool,
+    any_address: bool,
 }
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Flags, String> {
@@ -46,6 +56,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Flags, String> {
             "--echo" => flags.echo = true,
             "--grandchild" => flags.grandchild = true,
             "--keep-alive" => flags.keep_alive = true,
+            "--any-address" => flags.any_address = true,
             "--crash-after" => {
                 let n = value(&arg)?;
                 flags.crash_after =
@@ -74,7 +85,7 @@ fn main() -> ExitCode {
     };
     if flags.ignore_sigterm {
         // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
-        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+        unsafe { signal(SIGTERM, SIG_IGN) };
     }
     if let Some(message) = &flags.fail_start {
         eprintln!("{message}");
@@ -100,7 +111,7 @@ fn main() -> ExitCode {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    let listener = match listener() {
+    let listener = match listener(flags.any_address) {
         Ok((listener, activated)) => {
             LISTEN_MODE.store(activated, Ordering::SeqCst);
             listener
@@ -148,7 +159,7 @@ fn main() -> ExitCode {
 static LISTEN_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The socket handed over by socket activation, else a new one on `$PORT`; and which.
-fn listener() -> Result<(TcpListener, bool), String> {
+fn listener(any_address: bool) -> Result<(TcpListener, bool), String> {
     let activated = std::env::var("LISTEN_FDS").ok().as_deref() == Some("1")
         && std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
     if activated {
@@ -158,7 +169,8 @@ fn listener() -> Result<(TcpListener, bool), String> {
         return Ok((unsafe { TcpListener::from_raw_fd(3) }, true));
     }
     let port = std::env::var("PORT").map_err(|_| "PORT is not set".to_owned())?;
-    TcpListener::bind(("127.0.0.1", port.parse::<u16>().map_err(|_| format!("PORT {port:?}"))?))
+    let host = if any_address { "0.0.0.0" } else { "127.0.0.1" };
+    TcpListener::bind((host, port.parse::<u16>().map_err(|_| format!("PORT {port:?}"))?))
         .map(|listener| (listener, false))
         .map_err(|error| format!("bind: {error}"))
 }

@@ -1,0 +1,955 @@
+//! [`DockerBackend`]: functions as containers on a Docker Engine.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, EventMessage, EventMessageTypeEnum, HostConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use pool_core::{
+    Backend, BackendError, Endpoint, FunctionName, FunctionSpec, Health, Instance, InstanceId,
+    Liveness, OwnerId, PoolName, Reaped, Scope, Termination,
+};
+use tokio::sync::Semaphore;
+
+use crate::http;
+use crate::spec::{DockerSpec, PullPolicy, Readiness};
+use crate::tar::TarBuilder;
+
+/// The label with the owner id of a container.
+pub const OWNER_LABEL: &str = "smgr.owner";
+/// The label with the pool name of a container.
+pub const POOL_LABEL: &str = "smgr.pool";
+/// The label with the function of a container.
+pub const FUNCTION_LABEL: &str = "smgr.function";
+/// The label with the instance id of a container.
+pub const INSTANCE_LABEL: &str = "smgr.instance";
+
+/// The engine's socket when neither the config nor `DOCKER_HOST` names one.
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// How long the TCP readiness check holds a connection to see that the function keeps it.
+const TCP_HOLD: Duration = Duration::from_millis(20);
+
+/// How a [`DockerBackend`] reaches its engine and stamps its containers.
+#[derive(Debug, Clone)]
+pub struct DockerBackendConfig {
+    /// The pool name and owner stamped on every container.
+    pub scope: Scope,
+    /// The engine: `unix:///path/to/docker.sock` or `tcp://host:port`. Unset, `DOCKER_HOST`,
+    /// else [`DEFAULT_HOST`].
+    pub host: Option<String>,
+    /// Containers being created at once, at most; more launches wait. Default 8.
+    pub max_concurrent_creates: usize,
+    /// How long one call to the engine may take. Default 120 s (a pull is a stream of calls).
+    pub api_timeout: Duration,
+}
+
+impl DockerBackendConfig {
+    /// The defaults for `scope`.
+    pub fn new(scope: Scope) -> Self {
+        Self { scope, host: None, max_concurrent_creates: 8, api_timeout: Duration::from_secs(120) }
+    }
+}
+
+/// What the backend keeps on each instance: its container.
+#[derive(Debug, Clone)]
+pub struct ContainerDetails {
+    /// The container's id.
+    pub id: String,
+    /// The container's name.
+    pub name: String,
+    readiness: Readiness,
+    grace_period: Option<Duration>,
+}
+
+/// A container of a pool, as [`DockerBackend::containers_of`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// The container's id.
+    pub id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// Its owner label.
+    pub owner: String,
+    /// Its function label.
+    pub function: String,
+    /// Its instance label.
+    pub instance: String,
+    /// The engine's state: `running`, `exited`, `created`, ...
+    pub state: String,
+}
+
+/// Containers that the event stream says are dead, with why.
+type Deaths = Arc<Mutex<HashMap<String, String>>>;
+
+/// Runs functions as containers on a Docker Engine. See the crate docs.
+#[derive(Debug)]
+pub struct DockerBackend {
+    docker: Docker,
+    host: String,
+    scope: Scope,
+    creates: Semaphore,
+    deaths: Deaths,
+    /// Whether the event stream is connected; when not, probes inspect.
+    watching: Arc<AtomicBool>,
+    watcher: tokio::task::JoinHandle<()>,
+    /// Images known to be on the engine, or pulled once under `always`.
+    images: Mutex<HashSet<String>>,
+}
+
+impl Drop for DockerBackend {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+impl DockerBackend {
+    /// Connects to the engine, checks that it answers (agreeing on the API version), and
+    /// starts following its container events. Must be called inside a Tokio runtime.
+    ///
+    /// An engine that does not answer gives [`BackendError::Unavailable`] naming the address
+    /// tried.
+    pub async fn connect(config: DockerBackendConfig) -> Result<Self, BackendError> {
+        let host = config
+            .host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|host| !host.is_empty()))
+            .unwrap_or_else(|| DEFAULT_HOST.to_owned());
+        let unavailable = |reason: String, source: Option<DockerError>| BackendError::Unavailable {
+            backend: "docker".to_owned(),
+            reason,
+            source: source.map(|error| Box::new(error) as _),
+        };
+        let timeout = config.api_timeout.as_secs().max(1);
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION)
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(&host, timeout, bollard::API_DEFAULT_VERSION)
+        } else {
+            return Err(unavailable(
+                format!(
+                    "engine address {host:?}: only unix:///path and tcp://host:port are supported"
+                ),
+                None,
+            ));
+        };
+        let docker = docker.map_err(|error| {
+            unavailable(format!("engine address {host:?}: {error}"), Some(error))
+        })?;
+        let docker =
+            match tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version()).await {
+                Ok(Ok(docker)) => docker,
+                Ok(Err(error)) => {
+                    return Err(unavailable(
+                        format!("no Docker Engine answers at {host}: {error}"),
+                        Some(error),
+                    ));
+                }
+                Err(_) => {
+                    return Err(unavailable(
+                        format!("no Docker Engine answered at {host} within 10s"),
+                        None,
+                    ));
+                }
+            };
+        let deaths = Deaths::default();
+        let watching = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(watch_events(
+            docker.clone(),
+            config.scope.pool.clone(),
+            deaths.clone(),
+            watching.clone(),
+        ));
+        Ok(Self {
+            docker,
+            host,
+            scope: config.scope,
+            creates: Semaphore::new(config.max_concurrent_creates.max(1)),
+            deaths,
+            watching,
+            watcher,
+            images: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The engine's address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The engine client, for what the backend does not cover.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The containers of `pool`, of every owner or of `owner` alone, running or not.
+    pub async fn containers_of(
+        &self,
+        pool: &PoolName,
+        owner: Option<&OwnerId>,
+    ) -> Result<Vec<ContainerInfo>, BackendError> {
+        let mut labels = vec![format!("{POOL_LABEL}={}", pool.as_str())];
+        if let Some(owner) = owner {
+            labels.push(format!("{OWNER_LABEL}={owner}"));
+        }
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_owned(), labels)])),
+            ..Default::default()
+        };
+        let listed = self.docker.list_containers(Some(options)).await.map_err(|error| {
+            operation(format!("listing the containers of pool `{pool}`"), error)
+        })?;
+        Ok(listed
+            .into_iter()
+            .map(|summary| {
+                let labels = summary.labels.unwrap_or_default();
+                let label = |name: &str| labels.get(name).cloned().unwrap_or_default();
+                ContainerInfo {
+                    id: summary.id.unwrap_or_default(),
+                    name: summary
+                        .names
+                        .and_then(|names| names.into_iter().next())
+                        .map(|name| name.trim_start_matches('/').to_owned())
+                        .unwrap_or_default(),
+                    owner: label(OWNER_LABEL),
+                    function: label(FUNCTION_LABEL),
+                    instance: label(INSTANCE_LABEL),
+                    state: summary.state.map(|state| state.to_string()).unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    /// Makes sure the image is on the engine, as the pull policy says.
+    async fn ensure_image(&self, function: &FunctionSpec<DockerSpec>) -> Result<(), BackendError> {
+        let spec = &function.spec;
+        if self.images.lock().contains(&spec.image) {
+            return Ok(());
+        }
+        let present = match self.docker.inspect_image(&spec.image).await {
+            Ok(_) => true,
+            Err(error) if status_of(&error) == Some(404) => false,
+            Err(error) => {
+                return Err(operation(
+                    format!("function `{}`: inspecting image {}", function.name, spec.image),
+                    error,
+                ));
+            }
+        };
+        match (spec.pull, present) {
+            (PullPolicy::Never, false) => {
+                return Err(BackendError::Launch {
+                    function: function.name.to_string(),
+                    reason: format!(
+                        "image {} is not on the engine at {}, and the pull policy is `never`",
+                        spec.image, self.host
+                    ),
+                    source: None,
+                });
+            }
+            (PullPolicy::Never, true) | (PullPolicy::IfMissing, true) => {}
+            (PullPolicy::IfMissing, false) | (PullPolicy::Always, _) => {
+                self.pull(function).await?;
+            }
+        }
+        self.images.lock().insert(spec.image.clone());
+        Ok(())
+    }
+
+    /// Pulls the function's image, logging its progress.
+    async fn pull(&self, function: &FunctionSpec<DockerSpec>) -> Result<(), BackendError> {
+        let image = &function.spec.image;
+        tracing::info!(target: "smgr::docker", function = %function.name, image, "pulling image");
+        let options = CreateImageOptions { from_image: Some(image.clone()), ..Default::default() };
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        let mut last = String::new();
+        while let Some(step) = progress.next().await {
+            let step = step.map_err(|error| BackendError::Launch {
+                function: function.name.to_string(),
+                reason: format!("pulling image {image}: {error}"),
+                source: Some(Box::new(error)),
+            })?;
+            let status = step.status.unwrap_or_default();
+            if status != last {
+                tracing::info!(
+                    target: "smgr::docker", function = %function.name, image,
+                    layer = step.id.as_deref().unwrap_or(""), "{status}"
+                );
+                last = status;
+            }
+        }
+        tracing::info!(target: "smgr::docker", function = %function.name, image, "pulled image");
+        Ok(())
+    }
+
+    /// The last `lines` lines of the container's stdout and stderr.
+    async fn log_tail(&self, id: &str, lines: usize) -> Vec<String> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let mut logs = self.docker.logs(id, Some(options));
+        let mut tail = Vec::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            let text = String::from_utf8_lossy(&chunk.into_bytes()).into_owned();
+            tail.extend(text.lines().map(str::to_owned));
+        }
+        let skip = tail.len().saturating_sub(lines);
+        tail.drain(..skip);
+        tail
+    }
+
+    /// Removes a container and its anonymous volumes, running or not; gone already is fine.
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        let options = RemoveContainerOptions { v: true, force: true, ..Default::default() };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(error) if status_of(&error) == Some(404) => Ok(()),
+            // Removal already under way (the engine removes it): not ours to finish.
+            Err(error) if status_of(&error) == Some(409) => Ok(()),
+            Err(error) => Err(operation(format!("removing container {id}"), error)),
+        }
+    }
+
+    /// Why the container is dead, if it is: from the event stream, or by inspecting it when
+    /// the stream is not connected.
+    async fn death(&self, id: &str) -> Option<String> {
+        if let Some(reason) = self.deaths.lock().get(id) {
+            return Some(reason.clone());
+        }
+        if self.watching.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.docker.inspect_container(id, None).await {
+            Ok(inspected) => {
+                let state = inspected.state.unwrap_or_default();
+                if state.running == Some(true) {
+                    None
+                } else {
+                    Some(exit_reason(state.exit_code, state.oom_killed == Some(true)))
+                }
+            }
+            Err(error) if status_of(&error) == Some(404) => Some("the container is gone".into()),
+            // The engine did not answer: say nothing rather than kill a live instance.
+            Err(_) => None,
+        }
+    }
+
+    /// Creates the container of `function` and uploads its files; the container's id.
+    async fn create(
+        &self,
+        function: &FunctionSpec<DockerSpec>,
+        id: InstanceId,
+        name: &str,
+    ) -> Result<String, BackendError> {
+        let spec = &function.spec;
+        let port = format!("{}/tcp", spec.container_port);
+        let mut env: Vec<String> = vec![
+            format!("PORT={}", spec.container_port),
+            format!("SMGR_POOL={}", self.scope.pool),
+            format!("SMGR_OWNER={}", self.scope.owner),
+            format!("SMGR_FUNCTION={}", function.name),
+            format!("SMGR_INSTANCE={}", id.0),
+        ];
+        env.extend(spec.env.iter().map(|(name, value)| format!("{name}={value}")));
+        let mut labels: HashMap<String, String> =
+            spec.labels.iter().map(|(name, value)| (name.clone(), value.clone())).collect();
+        labels.insert(OWNER_LABEL.to_owned(), self.scope.owner.to_string());
+        labels.insert(POOL_LABEL.to_owned(), self.scope.pool.to_string());
+        labels.insert(FUNCTION_LABEL.to_owned(), function.name.to_string());
+        labels.insert(INSTANCE_LABEL.to_owned(), id.0.to_string());
+        let security = &spec.security;
+        let host_config = HostConfig {
+            port_bindings: Some(HashMap::from([(
+                port.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+                    host_port: Some(String::new()),
+                }]),
+            )])),
+            memory: spec.limits.memory_bytes.map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),
+            nano_cpus: spec.limits.cpus.map(|cpus| (cpus * 1e9) as i64),
+            pids_limit: spec.limits.pids.map(|pids| i64::try_from(pids).unwrap_or(i64::MAX)),
+            cap_drop: security.drop_all_capabilities.then(|| vec!["ALL".to_owned()]),
+            cap_add: (!security.add_capabilities.is_empty())
+                .then(|| security.add_capabilities.clone()),
+            security_opt: security.no_new_privileges.then(|| vec!["no-new-privileges".to_owned()]),
+            readonly_rootfs: Some(security.read_only_root),
+            tmpfs: security
+                .read_only_root
+                .then(|| HashMap::from([("/tmp".to_owned(), "rw,nosuid,nodev".to_owned())])),
+            network_mode: spec.network.clone(),
+            init: Some(spec.init),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.command.clone(),
+            entrypoint: spec.entrypoint.clone(),
+            env: Some(env),
+            user: security.user.clone(),
+            labels: Some(labels),
+            exposed_ports: Some(vec![port]),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions { name: Some(name.to_owned()), ..Default::default() };
+        let created = self.docker.create_container(Some(options), body).await.map_err(|error| {
+            BackendError::Launch {
+                function: function.name.to_string(),
+                reason: format!("creating a container of image {}: {error}", spec.image),
+                source: Some(Box::new(error)),
+            }
+        })?;
+        if !spec.files.is_empty()
+            && let Err(error) = self.upload_files(function, &created.id).await
+        {
+            let _ = self.remove(&created.id).await;
+            return Err(error);
+        }
+        Ok(created.id)
+    }
+
+    async fn upload_files(
+        &self,
+        function: &FunctionSpec<DockerSpec>,
+        id: &str,
+    ) -> Result<(), BackendError> {
+        let launch = |reason: String| BackendError::Launch {
+            function: function.name.to_string(),
+            reason,
+            source: None,
+        };
+        let mut tar = TarBuilder::new();
+        for file in &function.spec.files {
+            let contents = match (&file.source, &file.contents) {
+                (Some(source), None) => std::fs::read(source).map_err(|error| {
+                    launch(format!("file {}: reading {}: {error}", file.path, source.display()))
+                })?,
+                (None, Some(contents)) => contents.clone().into_bytes(),
+                _ => unreachable!("check_spec requires exactly one of source and contents"),
+            };
+            tar.file(&file.path, file.mode, &contents)
+                .map_err(|error| launch(format!("file {}: {error}", file.path)))?;
+        }
+        let options = UploadToContainerOptions { path: "/".to_owned(), ..Default::default() };
+        self.docker
+            .upload_to_container(id, Some(options), bollard::body_full(tar.finish().into()))
+            .await
+            .map_err(|error| BackendError::Launch {
+                function: function.name.to_string(),
+                reason: format!("copying files into the container: {error}"),
+                source: Some(Box::new(error)),
+            })
+    }
+
+    /// Starts the created container and waits until it is ready; its endpoint.
+    async fn start_and_wait(
+        &self,
+        function: &FunctionSpec<DockerSpec>,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<SocketAddr, BackendError> {
+        let spec = &function.spec;
+        self.docker.start_container(id, None).await.map_err(|error| BackendError::Launch {
+            function: function.name.to_string(),
+            reason: format!("starting the container: {error}"),
+            source: Some(Box::new(error)),
+        })?;
+        let inspected = self.docker.inspect_container(id, None).await.map_err(|error| {
+            operation(format!("function `{}`: inspecting container {id}", function.name), error)
+        })?;
+        let key = format!("{}/tcp", spec.container_port);
+        let host_port = inspected
+            .network_settings
+            .and_then(|settings| settings.ports)
+            .and_then(|mut ports| ports.remove(&key))
+            .flatten()
+            .and_then(|bindings| bindings.into_iter().find_map(|binding| binding.host_port))
+            .and_then(|port| port.parse::<u16>().ok());
+        let Some(host_port) = host_port else {
+            return Err(BackendError::Launch {
+                function: function.name.to_string(),
+                reason: format!("the engine published no host port for {key}"),
+                source: None,
+            });
+        };
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
+        let mut pause = Duration::from_millis(2);
+        let mut last;
+        loop {
+            if let Some(reason) = self.death(id).await {
+                return Err(BackendError::ExitedBeforeReady {
+                    function: function.name.to_string(),
+                    status: reason,
+                    stderr_tail: self.log_tail(id, 10).await,
+                });
+            }
+            let checked = match &spec.readiness {
+                Readiness::Tcp => http::tcp_open(address, TCP_HOLD).await,
+                Readiness::Http(path) => {
+                    match http::get_status(address, path, Duration::from_secs(1)).await {
+                        Ok(code) if (200..300).contains(&code) => Ok(()),
+                        Ok(code) => Err(format!("GET {path} answered {code}")),
+                        Err(error) => Err(error),
+                    }
+                }
+            };
+            match checked {
+                Ok(()) => return Ok(address),
+                Err(error) => last = error,
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(BackendError::NotReady {
+                    function: function.name.to_string(),
+                    timeout: spec.startup_timeout,
+                    detail: last,
+                    stderr_tail: self.log_tail(id, 10).await,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Follows the engine's events about the pool's containers and records deaths; reconnects
+/// after a second when the stream breaks, asking again for what happened meanwhile.
+async fn watch_events(docker: Docker, pool: PoolName, deaths: Deaths, watching: Arc<AtomicBool>) {
+    let mut since = unix_seconds().saturating_sub(1);
+    loop {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("label".to_owned(), vec![format!("{POOL_LABEL}={}", pool.as_str())]),
+            ("event".to_owned(), vec!["die".to_owned(), "oom".to_owned(), "kill".to_owned()]),
+        ]);
+        let options =
+            EventsOptions { since: Some(since.to_string()), until: None, filters: Some(filters) };
+        let mut events = docker.events(Some(options));
+        watching.store(true, Ordering::Release);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => record_death(&deaths, &event),
+                Err(error) => {
+                    tracing::warn!(target: "smgr::docker", %error, "the engine's event stream broke; probes inspect until it is back");
+                    break;
+                }
+            }
+        }
+        watching.store(false, Ordering::Release);
+        since = unix_seconds().saturating_sub(1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Records the container of `event` as dead when the event says it died.
+fn record_death(deaths: &Deaths, event: &EventMessage) {
+    if event.typ != Some(EventMessageTypeEnum::CONTAINER) {
+        return;
+    }
+    let Some(actor) = &event.actor else { return };
+    let Some(id) = &actor.id else { return };
+    let attributes = actor.attributes.clone().unwrap_or_default();
+    let reason = match event.action.as_deref() {
+        Some("die") => {
+            let code = attributes.get("exitCode").and_then(|code| code.parse().ok());
+            exit_reason(code, false)
+        }
+        Some("oom") => "killed: out of memory".to_owned(),
+        // A kill event is a signal sent; only SIGKILL is sure to end the container.
+        Some("kill") if attributes.get("signal").map(String::as_str) == Some("9") => {
+            "killed with SIGKILL".to_owned()
+        }
+        _ => return,
+    };
+    let mut deaths = deaths.lock();
+    let known = deaths.entry(id.clone()).or_insert_with(|| reason.clone());
+    // Out of memory says more than the exit code that follows it.
+    if !known.contains("out of memory") {
+        *known = reason;
+    }
+}
+
+fn exit_reason(code: Option<i64>, oom: bool) -> String {
+    match (oom, code) {
+        (true, _) => "killed: out of memory".to_owned(),
+        (false, Some(code)) => format!("the container exited with code {code}"),
+        (false, None) => "the container stopped".to_owned(),
+    }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// The HTTP status of an engine error, if the engine answered.
+fn status_of(error: &DockerError) -> Option<u16> {
+    match error {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn operation(operation: String, error: DockerError) -> BackendError {
+    BackendError::Operation { reason: error.to_string(), operation, source: Some(Box::new(error)) }
+}
+
+/// Checks what can be checked of a spec before launching.
+fn check_spec(function: &FunctionSpec<DockerSpec>) -> Result<(), BackendError> {
+    let spec = &function.spec;
+    let invalid =
+        |reason: String| BackendError::InvalidSpec { function: function.name.to_string(), reason };
+    if spec.image.trim().is_empty() {
+        return Err(invalid("image is empty".to_owned()));
+    }
+    if spec.image.starts_with('-')
+        || spec.image.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(format!("image {:?} is not an image reference", spec.image)));
+    }
+    if spec.container_port == 0 {
+        return Err(invalid("container_port must be 1 to 65535".to_owned()));
+    }
+    if spec.startup_timeout.is_zero() {
+        return Err(invalid("startup_timeout must be above zero".to_owned()));
+    }
+    if let Readiness::Http(path) = &spec.readiness
+        && !path.starts_with('/')
+    {
+        return Err(invalid(format!("readiness http path {path:?} must start with '/'")));
+    }
+    if let Some(cpus) = spec.limits.cpus
+        && !(cpus.is_finite() && cpus > 0.0)
+    {
+        return Err(invalid(format!("limits.cpus {cpus} must be a number above zero")));
+    }
+    for name in spec.env.keys() {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(invalid(format!("environment variable name {name:?} is not valid")));
+        }
+        if name == "PORT" || name.starts_with("SMGR_") {
+            return Err(invalid(format!(
+                "environment variable {name} is set by the backend (PORT is container_port; \
+                 SMGR_* name the instance)"
+            )));
+        }
+    }
+    if let Some(label) = spec.labels.keys().find(|label| label.starts_with("smgr.")) {
+        return Err(invalid(format!("label {label}: the smgr.* labels are the backend's own")));
+    }
+    for file in &spec.files {
+        if !file.path.starts_with('/') {
+            return Err(invalid(format!("file {:?}: the path must be absolute", file.path)));
+        }
+        match (&file.source, &file.contents) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => {
+                return Err(invalid(format!(
+                    "file {}: give exactly one of `source` and `contents`",
+                    file.path
+                )));
+            }
+        }
+        if let Some(source) = &file.source
+            && !source.is_file()
+        {
+            return Err(invalid(format!(
+                "file {}: source {} is not a readable file",
+                file.path,
+                source.display()
+            )));
+        }
+    }
+    if !spec.files.is_empty() && spec.security.read_only_root {
+        return Err(invalid(
+            "files cannot be copied into a read-only root (security.read_only_root)".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// A name for a new container: pool, function, instance, and what makes it unique.
+fn container_name(scope: &Scope, function: &FunctionName, id: InstanceId) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "smgr-{}-{}-{}-{}-{}",
+        scope.pool,
+        function,
+        id.0,
+        scope.owner.pid(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    type Spec = DockerSpec;
+    type Details = ContainerDetails;
+
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    fn validate(&self, function: &FunctionSpec<DockerSpec>) -> Result<(), BackendError> {
+        check_spec(function)
+    }
+
+    async fn launch(
+        &self,
+        function: &FunctionSpec<DockerSpec>,
+        id: InstanceId,
+    ) -> Result<Instance<ContainerDetails>, BackendError> {
+        check_spec(function)?;
+        self.ensure_image(function).await?;
+        let _permit = self.creates.acquire().await.map_err(|_| BackendError::Unavailable {
+            backend: "docker".to_owned(),
+            reason: "the backend is shutting down".to_owned(),
+            source: None,
+        })?;
+        let deadline = Instant::now() + function.spec.startup_timeout;
+        let name = container_name(&self.scope, &function.name, id);
+        let container = self.create(function, id, &name).await?;
+        match self.start_and_wait(function, &container, deadline).await {
+            Ok(address) => {
+                tracing::debug!(
+                    target: "smgr::docker", function = %function.name, instance = id.0,
+                    container = %name, %address, "container ready"
+                );
+                let details = ContainerDetails {
+                    id: container,
+                    name,
+                    readiness: function.spec.readiness.clone(),
+                    grace_period: function.spec.grace_period,
+                };
+                Ok(Instance::new(id, function.name.clone(), Endpoint::Http(address), details))
+            }
+            Err(error) => {
+                if let Err(removal) = self.remove(&container).await {
+                    tracing::warn!(target: "smgr::docker", container = %name, %removal, "removing a container that failed to start");
+                }
+                self.deaths.lock().remove(&container);
+                Err(error)
+            }
+        }
+    }
+
+    async fn probe(&self, instance: &Instance<ContainerDetails>) -> Result<Health, BackendError> {
+        let details = instance.details();
+        if let Some(reason) = self.death(&details.id).await {
+            return Ok(Health::Dead(reason));
+        }
+        if let (Readiness::Http(path), Endpoint::Http(address)) =
+            (&details.readiness, instance.endpoint())
+        {
+            return Ok(match http::get_status(address, path, Duration::from_secs(2)).await {
+                Ok(code) if (200..300).contains(&code) => Health::Alive,
+                Ok(code) => Health::Dead(format!("GET {path} answered {code}")),
+                Err(error) => Health::Dead(error),
+            });
+        }
+        Ok(Health::Alive)
+    }
+
+    async fn terminate(
+        &self,
+        instance: Instance<ContainerDetails>,
+        grace: Duration,
+    ) -> Result<Termination, BackendError> {
+        let details = instance.into_details();
+        let grace = details.grace_period.unwrap_or(grace);
+        // The engine counts whole seconds; round up so the function gets at least its grace.
+        let seconds = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
+            .unwrap_or(i32::MAX);
+        let options = StopContainerOptions { t: Some(seconds), signal: None };
+        let outcome = match self.docker.stop_container(&details.id, Some(options)).await {
+            Ok(()) => match self.docker.inspect_container(&details.id, None).await {
+                Ok(inspected) => {
+                    let state = inspected.state.unwrap_or_default();
+                    // 137 is 128 + SIGKILL: the engine had to kill it after the grace period.
+                    if state.exit_code == Some(137) && state.oom_killed != Some(true) {
+                        Termination::Forced
+                    } else {
+                        Termination::Graceful
+                    }
+                }
+                Err(_) => Termination::Graceful,
+            },
+            // 304: it had stopped already.
+            Err(error) if status_of(&error) == Some(304) => Termination::AlreadyGone,
+            Err(error) if status_of(&error) == Some(404) => {
+                self.deaths.lock().remove(&details.id);
+                return Ok(Termination::AlreadyGone);
+            }
+            Err(error) => {
+                tracing::warn!(target: "smgr::docker", container = %details.name, %error, "stopping failed; removing by force");
+                Termination::Forced
+            }
+        };
+        let removed = self.remove(&details.id).await;
+        self.deaths.lock().remove(&details.id);
+        removed.map(|()| outcome)
+    }
+
+    async fn reap_orphans(&self) -> Result<Reaped, BackendError> {
+        let containers = self.containers_of(&self.scope.pool, None).await?;
+        let mut by_owner: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
+        for container in containers {
+            by_owner.entry(container.owner.clone()).or_default().push(container);
+        }
+        let mut reaped = Reaped::default();
+        for (owner, containers) in by_owner {
+            if owner == self.scope.owner.as_str() {
+                continue;
+            }
+            let liveness = owner.parse::<OwnerId>().map_or(Liveness::Unknown, |id| id.liveness());
+            if liveness != Liveness::Dead {
+                reaped.skipped_owners += 1;
+                continue;
+            }
+            reaped.owners += 1;
+            for container in containers {
+                self.remove(&container.id).await?;
+                reaped.instances += 1;
+            }
+        }
+        if reaped.instances > 0 {
+            tracing::info!(
+                target: "smgr::docker",
+                pool = self.scope.pool.as_str(), owners = reaped.owners, instances = reaped.instances,
+                "removed the containers of dead owners"
+            );
+        }
+        Ok(reaped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::EventActor;
+
+    fn function(spec: DockerSpec) -> FunctionSpec<DockerSpec> {
+        FunctionSpec::new("f", spec).unwrap()
+    }
+
+    #[test]
+    fn specs_that_cannot_work_are_refused_with_what_is_wrong() {
+        let cases: Vec<(DockerSpec, &str)> = vec![
+            (DockerSpec::new(" "), "image is empty"),
+            (DockerSpec { container_port: 0, ..DockerSpec::new("x") }, "container_port"),
+            (DockerSpec::new("x").env("PORT", "1"), "PORT is container_port"),
+            (DockerSpec::new("x").env("SMGR_POOL", "1"), "SMGR_POOL"),
+            (DockerSpec::new("x").readiness(Readiness::Http("healthz".into())), "\"healthz\""),
+            (
+                DockerSpec {
+                    labels: BTreeMap::from([("smgr.owner".into(), "me".into())]),
+                    ..DockerSpec::new("x")
+                },
+                "label smgr.owner",
+            ),
+            (
+                DockerSpec {
+                    limits: crate::Limits { cpus: Some(0.0), ..Default::default() },
+                    ..DockerSpec::new("x")
+                },
+                "limits.cpus",
+            ),
+            (
+                DockerSpec {
+                    files: vec![crate::InjectedFile {
+                        path: "relative".into(),
+                        source: None,
+                        contents: Some(String::new()),
+                        mode: 0o644,
+                    }],
+                    ..DockerSpec::new("x")
+                },
+                "\"relative\": the path must be absolute",
+            ),
+            (
+                DockerSpec {
+                    files: vec![crate::InjectedFile {
+                        path: "/a".into(),
+                        source: Some("/nonexistent/smgr-file".into()),
+                        contents: None,
+                        mode: 0o644,
+                    }],
+                    ..DockerSpec::new("x")
+                },
+                "/nonexistent/smgr-file is not a readable file",
+            ),
+            (
+                DockerSpec {
+                    files: vec![crate::InjectedFile {
+                        path: "/a".into(),
+                        source: None,
+                        contents: None,
+                        mode: 0o644,
+                    }],
+                    ..DockerSpec::new("x")
+                },
+                "exactly one of",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let error = check_spec(&function(spec.clone())).unwrap_err().to_string();
+            assert!(error.contains(expected), "{spec:?}: {error}");
+            assert!(error.contains("function `f`"), "{error}");
+        }
+        check_spec(&function(DockerSpec::new("x"))).unwrap();
+    }
+
+    fn event(action: &str, attributes: &[(&str, &str)]) -> EventMessage {
+        EventMessage {
+            typ: Some(EventMessageTypeEnum::CONTAINER),
+            action: Some(action.to_owned()),
+            actor: Some(EventActor {
+                id: Some("c1".to_owned()),
+                attributes: Some(
+                    attributes.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn die_oom_and_sigkill_events_mark_a_container_dead() {
+        let deaths = Deaths::default();
+        record_death(&deaths, &event("kill", &[("signal", "15")]));
+        assert!(deaths.lock().is_empty(), "SIGTERM may be survived");
+        record_death(&deaths, &event("start", &[]));
+        assert!(deaths.lock().is_empty());
+        record_death(&deaths, &event("die", &[("exitCode", "3")]));
+        assert_eq!(deaths.lock()["c1"], "the container exited with code 3");
+
+        let deaths = Deaths::default();
+        record_death(&deaths, &event("oom", &[]));
+        record_death(&deaths, &event("die", &[("exitCode", "137")]));
+        assert_eq!(deaths.lock()["c1"], "killed: out of memory", "oom is kept over the exit");
+
+        let deaths = Deaths::default();
+        record_death(&deaths, &event("kill", &[("signal", "9")]));
+        assert_eq!(deaths.lock()["c1"], "killed with SIGKILL");
+    }
+}

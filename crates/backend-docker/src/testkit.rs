@@ -1,0 +1,163 @@
+//! Helpers for tests against a real Docker Engine (feature `testkit`): whether the tests run,
+//! and the fixture function's image, built `FROM scratch` (no image can be pulled where the
+//! tests run).
+//!
+//! Docker tests skip with a loud message when no engine answers, unless
+//! `SMGR_REQUIRE_DOCKER=1` (which CI sets): then they fail.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::BuildImageOptions;
+use futures_util::StreamExt;
+
+use crate::backend::DEFAULT_HOST;
+use crate::tar::TarBuilder;
+
+/// The fixture function's source: the process backend's `smgr-fixture`, std only.
+const FIXTURE_SOURCE: &str = include_str!("../../backend-process/src/bin/smgr-fixture.rs");
+
+/// Whether Docker tests must run rather than skip: `SMGR_REQUIRE_DOCKER=1`.
+pub fn required() -> bool {
+    std::env::var("SMGR_REQUIRE_DOCKER").is_ok_and(|value| value == "1")
+}
+
+/// The engine's address as the backend would pick it without a configured host.
+pub fn engine_host() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| DEFAULT_HOST.to_owned())
+}
+
+/// Whether an engine answers `GET /_ping` at [`engine_host`]; why not, when it does not.
+pub fn engine_answers() -> Result<(), String> {
+    let host = engine_host();
+    let request = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n";
+    let mut answer = Vec::new();
+    let exchanged = if let Some(path) = host.strip_prefix("unix://") {
+        std::os::unix::net::UnixStream::connect(path).and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+            stream.write_all(request)?;
+            stream.read_to_end(&mut answer)
+        })
+    } else if let Some(address) = host.strip_prefix("tcp://") {
+        std::net::TcpStream::connect(address).and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+            stream.write_all(request)?;
+            stream.read_to_end(&mut answer)
+        })
+    } else {
+        return Err(format!("engine address {host:?} is neither unix:// nor tcp://"));
+    };
+    exchanged.map_err(|error| format!("{host}: {error}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    if answer.starts_with("HTTP/") && answer.contains(" 200 ") && answer.ends_with("OK") {
+        Ok(())
+    } else {
+        Err(format!("{host}: not a Docker Engine's answer to /_ping: {answer:?}"))
+    }
+}
+
+/// `true` when `test` should skip: no engine answers and [`required`] is off (a loud message
+/// says so on stderr). Panics when no engine answers and the tests are required.
+pub fn skip_without_engine(test: &str) -> bool {
+    match engine_answers() {
+        Ok(()) => false,
+        Err(why) if required() => {
+            panic!("{test}: SMGR_REQUIRE_DOCKER=1 but no Docker Engine answers: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "\n*** SKIPPED {test}: no Docker Engine answers ({why}).\n*** Start dockerd, \
+                 or run `cargo xtask ci`, which starts one; SMGR_REQUIRE_DOCKER=1 makes this a \
+                 failure.\n"
+            );
+            true
+        }
+    }
+}
+
+/// The image of the fixture function: compiled statically with `rustc` into `work_dir`, and
+/// built `FROM scratch` with the binary as entrypoint, tagged by a hash of its source; built
+/// only when the engine does not have it yet. Parallel callers (test processes) wait for one
+/// another through a lock file in `work_dir`.
+pub async fn fixture_image(docker: &Docker, work_dir: &Path) -> Result<String, String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let version = Command::new(&rustc)
+        .arg("--version")
+        .output()
+        .map_err(|error| format!("running {rustc} --version: {error}"))?;
+    let hash = fnv1a(FIXTURE_SOURCE.as_bytes(), fnv1a(&version.stdout, 0xcbf2_9ce4_8422_2325));
+    let tag = format!("smgr-fixture:{hash:016x}");
+    if docker.inspect_image(&tag).await.is_ok() {
+        return Ok(tag);
+    }
+    std::fs::create_dir_all(work_dir)
+        .map_err(|error| format!("creating {}: {error}", work_dir.display()))?;
+    let lock_path = work_dir.join("fixture-image.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|error| format!("creating {}: {error}", lock_path.display()))?;
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| format!("locking {}: {error}", lock_path.display()))?;
+    if docker.inspect_image(&tag).await.is_ok() {
+        return Ok(tag);
+    }
+    let binary = work_dir.join(format!("smgr-fixture-{hash:016x}"));
+    let source = work_dir.join(format!("smgr-fixture-{hash:016x}.rs"));
+    std::fs::write(&source, FIXTURE_SOURCE)
+        .map_err(|error| format!("writing {}: {error}", source.display()))?;
+    let compiled = Command::new(&rustc)
+        .args(["--edition", "2024", "-O", "-C", "target-feature=+crt-static", "-C"])
+        .arg("strip=symbols")
+        .arg(&source)
+        .arg("-o")
+        .arg(&binary)
+        .output()
+        .map_err(|error| format!("running {rustc}: {error}"))?;
+    if !compiled.status.success() {
+        return Err(format!(
+            "compiling the fixture statically failed: {}",
+            String::from_utf8_lossy(&compiled.stderr)
+        ));
+    }
+    let program =
+        std::fs::read(&binary).map_err(|error| format!("reading {}: {error}", binary.display()))?;
+    let mut context = TarBuilder::new();
+    context.file(
+        "Dockerfile",
+        0o644,
+        b"FROM scratch\nCOPY smgr-fixture /smgr-fixture\nENTRYPOINT [\"/smgr-fixture\"]\n",
+    )?;
+    context.file("smgr-fixture", 0o755, &program)?;
+    let options = BuildImageOptions {
+        dockerfile: "Dockerfile".to_owned(),
+        t: Some(tag.clone()),
+        rm: true,
+        forcerm: true,
+        ..Default::default()
+    };
+    let mut build =
+        docker.build_image(options, None, Some(bollard::body_full(context.finish().into())));
+    while let Some(step) = build.next().await {
+        let step = step.map_err(|error| format!("building image {tag}: {error}"))?;
+        if let Some(detail) = step.error_detail {
+            return Err(format!("building image {tag}: {}", detail.message.unwrap_or_default()));
+        }
+    }
+    drop(lock);
+    Ok(tag)
+}
+
+fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
