@@ -475,6 +475,15 @@ impl DockerBackend {
         let inspected = self.docker.inspect_container(id, None).await.map_err(|error| {
             operation(format!("function `{}`: inspecting container {id}", function.name), error)
         })?;
+        let state = inspected.state.clone().unwrap_or_default();
+        if state.running != Some(true) {
+            // It exited already (its port mapping went with it).
+            return Err(BackendError::ExitedBeforeReady {
+                function: function.name.to_string(),
+                status: exit_reason(state.exit_code, state.oom_killed == Some(true)),
+                stderr_tail: self.log_tail(id, 10).await,
+            });
+        }
         let key = format!("{}/tcp", spec.container_port);
         let host_port = inspected
             .network_settings
@@ -580,8 +589,9 @@ fn record_death(deaths: &Deaths, event: &EventMessage) {
     };
     let mut deaths = deaths.lock();
     let known = deaths.entry(id.clone()).or_insert_with(|| reason.clone());
-    // Out of memory says more than the exit code that follows it.
-    if !known.contains("out of memory") {
+    // The first cause is kept (a SIGKILL or out of memory says more than the exit code that
+    // follows it), except that out of memory says more than anything.
+    if reason.contains("out of memory") {
         *known = reason;
     }
 }
@@ -781,7 +791,18 @@ impl Backend for DockerBackend {
         let seconds = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
             .unwrap_or(i32::MAX);
         let options = StopContainerOptions { t: Some(seconds), signal: None };
-        let outcome = match self.docker.stop_container(&details.id, Some(options)).await {
+        let died_before = self.deaths.lock().contains_key(&details.id);
+        let stopped = if died_before {
+            // It exited on its own: nothing to stop (some engines answer a stop of a stopped
+            // container with success, and its exit code would read as a forced stop).
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304,
+                message: "already stopped".to_owned(),
+            })
+        } else {
+            self.docker.stop_container(&details.id, Some(options)).await
+        };
+        let outcome = match stopped {
             Ok(()) => match self.docker.inspect_container(&details.id, None).await {
                 Ok(inspected) => {
                     let state = inspected.state.unwrap_or_default();
@@ -950,6 +971,7 @@ mod tests {
 
         let deaths = Deaths::default();
         record_death(&deaths, &event("kill", &[("signal", "9")]));
-        assert_eq!(deaths.lock()["c1"], "killed with SIGKILL");
+        record_death(&deaths, &event("die", &[("exitCode", "137")]));
+        assert_eq!(deaths.lock()["c1"], "killed with SIGKILL", "the cause is kept");
     }
 }
