@@ -27,7 +27,7 @@
 //! assert_eq!(config.functions["hello"].max_instances, Some(8));
 //! let functions = config.resolve("/srv/smgr".as_ref()).unwrap();
 //! assert_eq!(functions[0].pool.max, 8);
-//! assert_eq!(functions[0].spec.args, ["hello.py", "--port", "{port}"]);
+//! assert_eq!(functions[0].spec.as_process().unwrap().args, ["hello.py", "--port", "{port}"]);
 //! ```
 
 use std::borrow::Cow;
@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use backend_docker::DockerSpec;
 use backend_process::ProcessSpec;
 use pool_core::{FunctionName, PoolConfig, PoolName};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -200,13 +201,45 @@ impl Default for FunctionDefaults {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionConfig {
-    /// Where it runs. Default `process`, the only backend in this build.
+    /// Where it runs: `process` (a child process, the default) or `docker` (a container).
     #[serde(default)]
     pub backend: BackendKind,
-    /// The program and its arguments; `{port}` in any of them becomes the instance's port. A
-    /// relative program path (one containing `/`) resolves against the config file's
-    /// directory.
-    pub command: Vec<String>,
+    /// `process`: the program and its arguments (required); `{port}` in any of them becomes
+    /// the instance's port, and a relative program path (one containing `/`) resolves against
+    /// the config file's directory. `docker`: the container's command (the image's `CMD` when
+    /// unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// `docker`, required: the image (`name[:tag]` or `name@digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `docker`: the port the function listens on in the container, on every interface, as
+    /// `$PORT`. Default 8080.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<u16>,
+    /// `docker`: when to pull the image: `never`, `if_missing` (the default) or `always`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullConfig>,
+    /// `docker`: resource limits of each container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsConfig>,
+    /// `docker`: privileges. Every capability is dropped and no new privileges are allowed
+    /// unless this says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityConfig>,
+    /// `docker`: the network to attach containers to; the engine's default bridge when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// `docker`: files copied into each container before it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileConfig>,
+    /// `docker`: labels added to each container (the `smgr.*` labels are smgr's own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `docker`: run a minimal init as process 1, which forwards SIGTERM to the function.
+    /// Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
     /// Environment variables set for the instance. Numbers and booleans are taken as strings.
     #[serde(default, deserialize_with = "env_values")]
     #[schemars(with = "BTreeMap<String, EnvValueText>")]
@@ -299,7 +332,12 @@ impl FunctionConfig {
     fn filled(&self, defaults: &FunctionDefaults) -> Self {
         let settings = self.settings(defaults);
         Self {
-            pass_env: Some(self.pass_env.clone().unwrap_or_else(default_pass_env)),
+            pass_env: match self.backend {
+                BackendKind::Process => {
+                    Some(self.pass_env.clone().unwrap_or_else(default_pass_env))
+                }
+                BackendKind::Docker => self.pass_env.clone(),
+            },
             min_instances: Some(settings.min_instances),
             max_instances: Some(settings.max_instances),
             concurrency: Some(settings.concurrency),
@@ -321,16 +359,134 @@ pub enum BackendKind {
     /// A child process of the gateway.
     #[default]
     Process,
+    /// A container on a Docker Engine.
+    Docker,
 }
 
 impl BackendKind {
     /// The backends that exist in the project but are not part of this build.
-    const UNAVAILABLE: [&str; 4] = ["docker", "k8s", "kubernetes", "worker"];
+    const UNAVAILABLE: [&str; 3] = ["k8s", "kubernetes", "worker"];
 
     /// The name used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Process => "process",
+            Self::Docker => "docker",
+        }
+    }
+}
+
+/// When to pull a docker function's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PullConfig {
+    /// Never: the image must be on the engine.
+    Never,
+    /// When the engine does not have it.
+    IfMissing,
+    /// Before the first launch, to pick up a moved tag.
+    Always,
+}
+
+impl From<PullConfig> for backend_docker::PullPolicy {
+    fn from(pull: PullConfig) -> Self {
+        match pull {
+            PullConfig::Never => Self::Never,
+            PullConfig::IfMissing => Self::IfMissing,
+            PullConfig::Always => Self::Always,
+        }
+    }
+}
+
+/// Resource limits of a docker function's containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Memory (`"128MiB"`, or bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// CPUs, fractions allowed (`0.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    /// Processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// A number of CPUs, fractions allowed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Cpus(pub f64);
+
+impl PartialEq for Cpus {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Cpus {}
+
+/// The privileges of a docker function's containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Drop every Linux capability. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_all_capabilities: Option<bool>,
+    /// Capabilities to keep when all are dropped, e.g. `NET_BIND_SERVICE`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_capabilities: Vec<String>,
+    /// Forbid gaining privileges. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_new_privileges: Option<bool>,
+    /// A read-only root filesystem with a tmpfs `/tmp`. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_root: Option<bool>,
+    /// The user to run as (`uid[:gid]` or a name the image knows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// A file copied into a docker function's containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where it goes in the container: an absolute path.
+    pub path: String,
+    /// A file of the host to copy, relative to the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+    /// The contents, when there is no `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<String>,
+    /// Permission bits, e.g. `0o600` in TOML or 384. Default 0o644.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// How a resolved function runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendSpec {
+    /// As a child process.
+    Process(ProcessSpec),
+    /// As a container.
+    Docker(DockerSpec),
+}
+
+impl BackendSpec {
+    /// The process spec, for a `process` function.
+    pub fn as_process(&self) -> Option<&ProcessSpec> {
+        match self {
+            Self::Process(spec) => Some(spec),
+            Self::Docker(_) => None,
+        }
+    }
+
+    /// The docker spec, for a `docker` function.
+    pub fn as_docker(&self) -> Option<&DockerSpec> {
+        match self {
+            Self::Docker(spec) => Some(spec),
+            Self::Process(_) => None,
         }
     }
 }
@@ -347,10 +503,11 @@ impl<'de> Deserialize<'de> for BackendKind {
         let name = String::deserialize(deserializer)?;
         match name.as_str() {
             "process" => Ok(Self::Process),
+            "docker" => Ok(Self::Docker),
             other if Self::UNAVAILABLE.contains(&other) => Err(de::Error::custom(format_args!(
                 "backend `{other}` is not available in this build"
             ))),
-            other => Err(de::Error::unknown_variant(other, &["process"])),
+            other => Err(de::Error::unknown_variant(other, &["process", "docker"])),
         }
     }
 }
@@ -367,6 +524,15 @@ pub enum Readiness {
 }
 
 impl From<Readiness> for backend_process::Readiness {
+    fn from(readiness: Readiness) -> Self {
+        match readiness {
+            Readiness::Tcp => Self::Tcp,
+            Readiness::Http(path) => Self::Http(path),
+        }
+    }
+}
+
+impl From<Readiness> for backend_docker::Readiness {
     fn from(readiness: Readiness) -> Self {
         match readiness {
             Readiness::Tcp => Self::Tcp,
@@ -904,8 +1070,57 @@ pub struct ResolvedFunction {
     pub backend: BackendKind,
     /// Its pool's limits and timings.
     pub pool: PoolConfig,
-    /// How the process backend runs it, with absolute paths.
-    pub spec: ProcessSpec,
+    /// How its backend runs it, with absolute paths.
+    pub spec: BackendSpec,
+}
+
+/// The docker spec of a `docker` function, checked already; file sources resolve against
+/// `base_dir`.
+fn docker_spec(
+    function: &FunctionConfig,
+    settings: &FunctionDefaults,
+    base_dir: &Path,
+) -> DockerSpec {
+    let defaults = backend_docker::Security::default();
+    let security = function.security.clone().unwrap_or_default();
+    let limits = function.limits.clone().unwrap_or_default();
+    DockerSpec {
+        command: function.command.clone().filter(|command| !command.is_empty()),
+        env: function.env.clone(),
+        container_port: function.container_port.unwrap_or(8080),
+        readiness: function.readiness.clone().into(),
+        startup_timeout: settings.startup_timeout,
+        grace_period: Some(settings.grace_period),
+        limits: backend_docker::Limits {
+            memory_bytes: limits.memory.map(|size| size.0),
+            cpus: limits.cpus.map(|cpus| cpus.0),
+            pids: limits.pids,
+        },
+        security: backend_docker::Security {
+            drop_all_capabilities: security
+                .drop_all_capabilities
+                .unwrap_or(defaults.drop_all_capabilities),
+            add_capabilities: security.add_capabilities,
+            no_new_privileges: security.no_new_privileges.unwrap_or(defaults.no_new_privileges),
+            read_only_root: security.read_only_root.unwrap_or(defaults.read_only_root),
+            user: security.user,
+        },
+        network: function.network.clone(),
+        files: function
+            .files
+            .iter()
+            .map(|file| backend_docker::InjectedFile {
+                path: file.path.clone(),
+                source: file.source.as_ref().map(|source| normalize(&base_dir.join(source))),
+                contents: file.contents.clone(),
+                mode: file.mode.unwrap_or(0o644),
+            })
+            .collect(),
+        pull: function.pull.map_or(backend_docker::PullPolicy::IfMissing, Into::into),
+        labels: function.labels.clone(),
+        init: function.init.unwrap_or(true),
+        ..DockerSpec::new(function.image.clone().unwrap_or_default())
+    }
 }
 
 /// How much longer than `startup_timeout` the pool waits for a create, so that the backend's
@@ -1015,9 +1230,19 @@ impl Config {
                 ConfigError::new(dotted(&key_path(&["functions", name])), error.to_string())
             })?;
             let settings = function.settings(&self.defaults);
-            let (program, args) = function.command.split_first().ok_or_else(|| {
-                ConfigError::new(format!("functions.{name}.command"), "it is empty")
-            })?;
+            if function.backend == BackendKind::Docker {
+                resolved.push(ResolvedFunction {
+                    name,
+                    backend: function.backend,
+                    pool: pool_config(&settings),
+                    spec: BackendSpec::Docker(docker_spec(function, &settings, &base_dir)),
+                });
+                continue;
+            }
+            let (program, args) =
+                function.command.as_deref().unwrap_or_default().split_first().ok_or_else(|| {
+                    ConfigError::new(format!("functions.{name}.command"), "it is empty")
+                })?;
             let program = if program.contains('/') {
                 normalize(&base_dir.join(program))
             } else {
@@ -1042,7 +1267,7 @@ impl Config {
                 name,
                 backend: function.backend,
                 pool: pool_config(&settings),
-                spec,
+                spec: BackendSpec::Process(spec),
             });
         }
         Ok(resolved)
@@ -1154,6 +1379,12 @@ impl Issue {
     fn at_key(self) -> Self {
         Self { part: Part::Key, ..self }
     }
+
+    /// The same issue about element `index` of the list its path names.
+    fn at_index(mut self, index: usize) -> Self {
+        self.path.push(Seg::Index(index));
+        self
+    }
 }
 
 fn server_issues(server: &ServerConfig) -> Vec<Issue> {
@@ -1208,16 +1439,9 @@ fn function_issues(
     if let Err(error) = FunctionName::new(name) {
         issues.push(Issue::new(&["functions", name], error.to_string()).at_key());
     }
-    match function.command.first() {
-        None => issues.push(Issue::new(
-            &["functions", name, "command"],
-            "must name the program to run, got an empty list",
-        )),
-        Some(program) if program.trim().is_empty() => issues.push(Issue::new(
-            &["functions", name, "command"],
-            "the program (the first element) must not be empty",
-        )),
-        Some(_) => {}
+    match function.backend {
+        BackendKind::Process => issues.extend(process_issues(name, function, unknown)),
+        BackendKind::Docker => issues.extend(docker_issues(name, function)),
     }
     for key in function.env.keys() {
         if key.is_empty() || key.contains(['=', '\0']) {
@@ -1250,6 +1474,129 @@ fn function_issues(
             issues.push(Issue::new(&["functions", name], reason));
         } else if let Some(field) = fields.iter().find(|field| function.overrides(field)) {
             issues.push(Issue::new(&["functions", name, field], reason));
+        }
+    }
+    issues
+}
+
+/// What is wrong with the process-only part of a `process` function.
+fn process_issues(
+    name: &str,
+    function: &FunctionConfig,
+    unknown: &dyn Fn(&str) -> bool,
+) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    match function.command.as_deref().map(<[String]>::first) {
+        // Unreadable (reported already) is not missing.
+        None if unknown("command") => {}
+        None => issues.push(Issue::new(&["functions", name], "missing field `command`").at_key()),
+        Some(None) => issues.push(Issue::new(
+            &["functions", name, "command"],
+            "must name the program to run, got an empty list",
+        )),
+        Some(Some(program)) if program.trim().is_empty() => issues.push(Issue::new(
+            &["functions", name, "command"],
+            "the program (the first element) must not be empty",
+        )),
+        Some(Some(_)) => {}
+    }
+    let docker_only = [
+        ("image", function.image.is_some()),
+        ("container_port", function.container_port.is_some()),
+        ("pull", function.pull.is_some()),
+        ("limits", function.limits.is_some()),
+        ("security", function.security.is_some()),
+        ("network", function.network.is_some()),
+        ("files", !function.files.is_empty()),
+        ("labels", !function.labels.is_empty()),
+        ("init", function.init.is_some()),
+    ];
+    for (key, set) in docker_only {
+        if set {
+            issues.push(Issue::new(
+                &["functions", name, key],
+                format!("`{key}` is for docker functions: set `backend = \"docker\"`"),
+            ));
+        }
+    }
+    issues
+}
+
+/// What is wrong with the docker-only part of a `docker` function.
+fn docker_issues(name: &str, function: &FunctionConfig) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    match function.image.as_deref().map(str::trim) {
+        None => issues.push(
+            Issue::new(&["functions", name], "a docker function needs `image`, the image to run")
+                .at_key(),
+        ),
+        Some(image) if image.is_empty() || image.contains(char::is_whitespace) => {
+            issues.push(Issue::new(
+                &["functions", name, "image"],
+                format!("{image:?} is not an image reference"),
+            ))
+        }
+        Some(_) => {}
+    }
+    if function.container_port == Some(0) {
+        issues.push(Issue::new(
+            &["functions", name, "container_port"],
+            "must be a port, 1 to 65535, got 0",
+        ));
+    }
+    let process_only = [
+        ("working_dir", function.working_dir.is_some()),
+        ("socket_activation", function.socket_activation),
+        ("pass_env", function.pass_env.is_some()),
+    ];
+    for (key, set) in process_only {
+        if set {
+            issues.push(Issue::new(
+                &["functions", name, key],
+                format!("`{key}` is for process functions; a container gets `env` alone"),
+            ));
+        }
+    }
+    if let Some(Cpus(cpus)) = function.limits.as_ref().and_then(|limits| limits.cpus)
+        && !(cpus.is_finite() && cpus > 0.0)
+    {
+        issues.push(Issue::new(
+            &["functions", name, "limits", "cpus"],
+            format!("must be a number of CPUs above zero, got {cpus}"),
+        ));
+    }
+    if let Some(label) = function.labels.keys().find(|label| label.starts_with("smgr.")) {
+        issues.push(Issue::new(
+            &["functions", name, "labels", label],
+            "the smgr.* labels are smgr's own",
+        ));
+    }
+    let read_only =
+        function.security.as_ref().and_then(|security| security.read_only_root) == Some(true);
+    let path = ["functions", name, "files"];
+    for (index, file) in function.files.iter().enumerate() {
+        if !file.path.starts_with('/') {
+            issues.push(
+                Issue::new(
+                    &path,
+                    format!("`path` must be absolute in the container, got {:?}", file.path),
+                )
+                .at_index(index),
+            );
+        }
+        if file.source.is_some() == file.contents.is_some() {
+            issues.push(
+                Issue::new(&path, "give exactly one of `source` and `contents`").at_index(index),
+            );
+        }
+        if read_only {
+            issues.push(
+                Issue::new(
+                    &path,
+                    "files cannot be copied into a read-only root (security.read_only_root)",
+                )
+                .at_index(index),
+            );
         }
     }
     issues
@@ -2448,7 +2795,8 @@ mod tests {
                  `admin_token_env`, `admin_token`, `max_body`, `request_timeout`, \
                  `shutdown_timeout`, `pool`, `state_dir`",
                 "smgr.toml:9:3: functions.hello.max_instance: unknown field `max_instance`, \
-                 expected one of `backend`, `command`, `env`, `readiness`, `working_dir`, \
+                 expected one of `backend`, `command`, `image`, `container_port`, `pull`, \
+              `limits`, `security`, `network`, `files`, `labels`, `init`, `env`, `readiness`, `working_dir`, \
                  `socket_activation`, `pass_env`, `min_instances`, `max_instances`, \
                  `concurrency`, `queue_limit`, `acquire_timeout`, `idle_timeout`, \
                  `startup_timeout`, `grace_period`, `health_check_interval`",
@@ -2488,17 +2836,17 @@ max_instances = "x"
 
     #[test]
     fn backends_of_other_builds_have_their_own_message() {
-        let docker = toml_errors("[functions.a]\nbackend = \"docker\"\ncommand = [\"x\"]\n");
+        let k8s = toml_errors("[functions.a]\nbackend = \"k8s\"\ncommand = [\"x\"]\n");
         assert_eq!(
-            docker,
-            [
-                "smgr.toml:2:11: functions.a.backend: backend `docker` is not available in this build"
-            ]
+            k8s,
+            ["smgr.toml:2:11: functions.a.backend: backend `k8s` is not available in this build"]
         );
         let typo = toml_errors("[functions.a]\nbackend = \"proces\"\ncommand = [\"x\"]\n");
         assert_eq!(
             typo,
-            ["smgr.toml:2:11: functions.a.backend: unknown variant `proces`, expected `process`"]
+            [
+                "smgr.toml:2:11: functions.a.backend: unknown variant `proces`, expected `process` or `docker`"
+            ]
         );
     }
 
@@ -2661,7 +3009,8 @@ idle_timeout = "5 fortnights"
             "smgr.toml:6:17: defaults.max_instances: must be at least 1, got 0",
             "smgr.toml:9:11: functions.a.command: must name the program to run, got an empty list",
             "smgr.toml:10:1: functions.a.bogus: unknown field `bogus`, expected one of \
-             `backend`, `command`, `env`, `readiness`, `working_dir`, `socket_activation`, \
+             `backend`, `command`, `image`, `container_port`, `pull`, \
+              `limits`, `security`, `network`, `files`, `labels`, `init`, `env`, `readiness`, `working_dir`, `socket_activation`, \
              `pass_env`, `min_instances`, `max_instances`, `concurrency`, `queue_limit`, \
              `acquire_timeout`, `idle_timeout`, `startup_timeout`, `grace_period`, \
              `health_check_interval`",
@@ -2758,7 +3107,7 @@ functions:
         assert_eq!(hello.idle_timeout, Some(None));
         assert_eq!(hello.readiness, Readiness::Http("/ready".into()));
         assert_eq!(hello.env["Greeting"], "hi");
-        assert_eq!(hello.command, ["./hello", "--port", "{port}"]);
+        assert_eq!(hello.command.as_deref().unwrap(), ["./hello", "--port", "{port}"]);
         // The matching is case-insensitive and overrides what the file says.
         let text = format!("[defaults]\nmax_instances = 2\n{HELLO}");
         let config = load(&text, Format::Toml, &[("SMGR_defaults__Max_Instances", "3")]).unwrap();
@@ -2793,12 +3142,13 @@ functions:
         );
         // A table created on the way to an unknown key is the variable's too.
         assert_eq!(
-            errors(HELLO, Format::Toml, &[("SMGR_FUNCTIONS__HELLO__LIMITS__CPU", "1")]),
-            ["SMGR_FUNCTIONS__HELLO__LIMITS__CPU: unknown field `limits`, expected one of \
-              `backend`, `command`, `env`, `readiness`, `working_dir`, `socket_activation`, \
+            errors(HELLO, Format::Toml, &[("SMGR_FUNCTIONS__HELLO__QUOTAS__CPU", "1")]),
+            ["SMGR_FUNCTIONS__HELLO__QUOTAS__CPU: unknown field `quotas`, expected one of \
+              `backend`, `command`, `image`, `container_port`, `pull`, \
+              `limits`, `security`, `network`, `files`, `labels`, `init`, `env`, `readiness`, `working_dir`, `socket_activation`, \
               `pass_env`, `min_instances`, `max_instances`, `concurrency`, `queue_limit`, \
               `acquire_timeout`, `idle_timeout`, `startup_timeout`, `grace_period`, \
-              `health_check_interval` (sets functions.hello.limits)"]
+              `health_check_interval` (sets functions.hello.quotas)"]
         );
         // A value that is wrong as a TOML value and as a string reports the TOML reading.
         assert_eq!(
@@ -2874,6 +3224,92 @@ functions:
     }
 
     #[test]
+    fn docker_functions_resolve_to_a_docker_spec() {
+        let text = r#"[defaults]
+grace_period = "3s"
+
+[functions.api]
+backend = "docker"
+image = "registry.example/api:1.4"
+command = ["--verbose"]
+container_port = 9000
+pull = "never"
+readiness = { http = "/healthz" }
+limits = { memory = "128MiB", cpus = 0.5, pids = 64 }
+security = { read_only_root = true, user = "1000:1000", add_capabilities = ["NET_BIND_SERVICE"] }
+network = "backend"
+labels = { team = "search" }
+env = { LEVEL = "debug" }
+"#;
+        let config = load(text, Format::Toml, &[]).unwrap();
+        let resolved = config.resolve(Path::new("/etc/smgr")).unwrap();
+        let spec = resolved[0].spec.as_docker().expect("a docker spec");
+        assert_eq!(resolved[0].backend, BackendKind::Docker);
+        assert_eq!(spec.image, "registry.example/api:1.4");
+        assert_eq!(spec.command.as_deref(), Some(&["--verbose".to_owned()][..]));
+        assert_eq!(spec.container_port, 9000);
+        assert_eq!(spec.pull, backend_docker::PullPolicy::Never);
+        assert_eq!(spec.readiness, backend_docker::Readiness::Http("/healthz".into()));
+        assert_eq!(spec.limits.memory_bytes, Some(128 << 20));
+        assert_eq!(spec.limits.cpus, Some(0.5));
+        assert_eq!(spec.limits.pids, Some(64));
+        assert!(spec.security.read_only_root);
+        assert!(spec.security.drop_all_capabilities && spec.security.no_new_privileges);
+        assert_eq!(spec.security.user.as_deref(), Some("1000:1000"));
+        assert_eq!(spec.security.add_capabilities, ["NET_BIND_SERVICE"]);
+        assert_eq!(spec.network.as_deref(), Some("backend"));
+        assert_eq!(spec.labels["team"], "search");
+        assert_eq!(spec.env["LEVEL"], "debug");
+        assert_eq!(spec.grace_period, Some(Duration::from_secs(3)));
+
+        // Without a command the image's own runs; a file source is relative to the config.
+        let text = "[functions.f]\nbackend = \"docker\"\nimage = \"x\"\n\
+                    files = [{ path = \"/app/conf.toml\", source = \"conf/app.toml\", mode = 0o600 }]\n";
+        let resolved =
+            load(text, Format::Toml, &[]).unwrap().resolve(Path::new("/etc/smgr")).unwrap();
+        let spec = resolved[0].spec.as_docker().unwrap();
+        assert_eq!(spec.command, None);
+        assert!(spec.init, "an init by default");
+        assert_eq!(spec.files[0].source.as_deref(), Some(Path::new("/etc/smgr/conf/app.toml")));
+        assert_eq!(spec.files[0].mode, 0o600);
+    }
+
+    #[test]
+    fn keys_of_the_other_backend_are_refused_with_where_they_belong() {
+        assert_eq!(
+            toml_errors("[functions.f]\nbackend = \"docker\"\ncommand = [\"x\"]\n"),
+            ["smgr.toml:1:12: functions.f: a docker function needs `image`, the image to run"]
+        );
+        assert_eq!(
+            toml_errors(
+                "[functions.f]\nbackend = \"docker\"\nimage = \"x\"\nworking_dir = \"w\"\n\
+                 pass_env = [\"PATH\"]\nlabels = { \"smgr.owner\" = \"me\" }\n\
+                 limits = { cpus = 0 }\nfiles = [{ path = \"rel\" }]\n"
+            ),
+            [
+                "smgr.toml:4:15: functions.f.working_dir: `working_dir` is for process functions; \
+                 a container gets `env` alone",
+                "smgr.toml:5:12: functions.f.pass_env: `pass_env` is for process functions; a \
+                 container gets `env` alone",
+                "smgr.toml:6:27: functions.f.labels.\"smgr.owner\": the smgr.* labels are smgr's own",
+                "smgr.toml:7:19: functions.f.limits.cpus: must be a number of CPUs above zero, got 0",
+                "smgr.toml:8:10: functions.f.files[0]: `path` must be absolute in the container, \
+                 got \"rel\"",
+                "smgr.toml:8:10: functions.f.files[0]: give exactly one of `source` and `contents`",
+            ]
+        );
+        assert_eq!(
+            toml_errors("[functions.f]\ncommand = [\"x\"]\nimage = \"y\"\nlimits = { pids = 3 }\n"),
+            [
+                "smgr.toml:3:9: functions.f.image: `image` is for docker functions: set \
+                 `backend = \"docker\"`",
+                "smgr.toml:4:10: functions.f.limits: `limits` is for docker functions: set \
+                 `backend = \"docker\"`",
+            ]
+        );
+    }
+
+    #[test]
     fn resolve_builds_pools_and_specs_against_the_config_directory() {
         let text = r#"[defaults]
 max_instances = 3
@@ -2897,13 +3333,16 @@ command = ["python3", "world.py"]
 
         let hello = &resolved[0];
         assert_eq!(hello.backend, BackendKind::Process);
-        assert_eq!(hello.spec.program, Path::new("/etc/smgr/conf/bin/hello"));
-        assert_eq!(hello.spec.args, ["--port", "{port}"]);
-        assert_eq!(hello.spec.working_dir.as_deref(), Some(Path::new("/etc/smgr/conf/work")));
-        assert!(hello.spec.socket_activation);
-        assert_eq!(hello.spec.pass_env, ["PATH"]);
-        assert_eq!(hello.spec.startup_timeout, Duration::from_secs(20));
-        assert_eq!(hello.spec.grace_period, Some(Duration::from_secs(2)));
+        assert_eq!(hello.spec.as_process().unwrap().program, Path::new("/etc/smgr/conf/bin/hello"));
+        assert_eq!(hello.spec.as_process().unwrap().args, ["--port", "{port}"]);
+        assert_eq!(
+            hello.spec.as_process().unwrap().working_dir.as_deref(),
+            Some(Path::new("/etc/smgr/conf/work"))
+        );
+        assert!(hello.spec.as_process().unwrap().socket_activation);
+        assert_eq!(hello.spec.as_process().unwrap().pass_env, ["PATH"]);
+        assert_eq!(hello.spec.as_process().unwrap().startup_timeout, Duration::from_secs(20));
+        assert_eq!(hello.spec.as_process().unwrap().grace_period, Some(Duration::from_secs(2)));
         assert_eq!(hello.pool.max, 3);
         assert_eq!(hello.pool.concurrency, 4);
         assert_eq!(hello.pool.destroy_grace, Duration::from_secs(2));
@@ -2912,9 +3351,12 @@ command = ["python3", "world.py"]
 
         let world = &resolved[1];
         // A bare program is looked up in PATH; the function runs in the config's directory.
-        assert_eq!(world.spec.program, Path::new("python3"));
-        assert_eq!(world.spec.working_dir.as_deref(), Some(Path::new("/etc/smgr/conf")));
-        assert_eq!(world.spec.pass_env, ["PATH", "LANG"]);
+        assert_eq!(world.spec.as_process().unwrap().program, Path::new("python3"));
+        assert_eq!(
+            world.spec.as_process().unwrap().working_dir.as_deref(),
+            Some(Path::new("/etc/smgr/conf"))
+        );
+        assert_eq!(world.spec.as_process().unwrap().pass_env, ["PATH", "LANG"]);
         assert_eq!(world.pool.concurrency, 1);
         assert_eq!(world.pool.queue_limit, 64);
         assert_eq!(world.pool.acquire_timeout, Duration::from_secs(10));
@@ -2924,7 +3366,10 @@ command = ["python3", "world.py"]
         // A relative base directory is made absolute.
         let resolved = config.resolve(Path::new("")).unwrap();
         let cwd = std::env::current_dir().unwrap();
-        assert_eq!(resolved[1].spec.working_dir.as_deref(), Some(cwd.as_path()));
+        assert_eq!(
+            resolved[1].spec.as_process().unwrap().working_dir.as_deref(),
+            Some(cwd.as_path())
+        );
     }
 
     #[test]
@@ -2933,7 +3378,7 @@ command = ["python3", "world.py"]
         config.functions.insert(
             "a b".to_owned(),
             FunctionConfig {
-                command: vec!["x".into()],
+                command: Some(vec!["x".into()]),
                 max_instances: Some(0),
                 ..Default::default()
             },

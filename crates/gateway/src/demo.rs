@@ -39,7 +39,7 @@ pub fn demo_functions(program: &Path) -> Vec<FunctionSetup> {
                     acquire_timeout: Duration::from_secs(10),
                     ..PoolConfig::default()
                 },
-                spec,
+                spec: crate::config::BackendSpec::Process(spec),
             }
         })
         .collect()

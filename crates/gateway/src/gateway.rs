@@ -2,15 +2,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use backend_process::{ProcessBackend, ProcessBackendConfig, ProcessSpec};
+use backend_docker::{DockerBackend, DockerBackendConfig};
+use backend_process::{ProcessBackend, ProcessBackendConfig};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
@@ -34,7 +35,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the gateway sends.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-type Manager = FunctionManager<ProcessBackend>;
+use crate::any::AnyManager as Manager;
+use crate::config::BackendSpec;
 
 /// One function to serve: its name, its pool's limits and how to run it.
 #[derive(Debug, Clone)]
@@ -43,8 +45,8 @@ pub struct FunctionSetup {
     pub name: FunctionName,
     /// Its pool's limits.
     pub pool: PoolConfig,
-    /// How to run an instance.
-    pub spec: ProcessSpec,
+    /// How to run an instance, and on which backend.
+    pub spec: BackendSpec,
 }
 
 /// What went wrong starting a gateway.
@@ -148,16 +150,30 @@ impl GatewayBuilder {
     pub async fn start(self) -> Result<Gateway, GatewayError> {
         let scope = Scope::current(PoolName::new(&self.pool)?);
         let backend = Arc::new(ProcessBackend::new(ProcessBackendConfig {
-            scope,
+            scope: scope.clone(),
             state_dir: self.state_dir.clone(),
         })?);
         let reaped = backend.reap_orphans().await?;
         if reaped.instances > 0 {
             tracing::info!(
                 pool = %self.pool, owners = reaped.owners, instances = reaped.instances,
-                "reaped what a previous gateway left behind"
+                "reaped the processes a previous gateway left behind"
             );
         }
+        // The engine is reached only when a function runs on it.
+        let docker = if self.functions.iter().any(|f| matches!(f.spec, BackendSpec::Docker(_))) {
+            let docker = Arc::new(DockerBackend::connect(DockerBackendConfig::new(scope)).await?);
+            let reaped = docker.reap_orphans().await?;
+            if reaped.instances > 0 {
+                tracing::info!(
+                    pool = %self.pool, owners = reaped.owners, instances = reaped.instances,
+                    "removed the containers a previous gateway left behind"
+                );
+            }
+            Some(docker)
+        } else {
+            None
+        };
         let monitor = Monitor::start(self.monitor.clone())?;
         let registry = monitor.registry().clone();
         let mut functions = BTreeMap::new();
@@ -166,8 +182,19 @@ impl GatewayBuilder {
             if functions.contains_key(&name) {
                 return Err(GatewayError::Duplicate(name));
             }
-            let function = pool_core::FunctionSpec { name: setup.name.clone(), spec: setup.spec };
-            let manager = FunctionManager::new(backend.clone(), function)?;
+            let manager = match (setup.spec, &docker) {
+                (BackendSpec::Process(spec), _) => Manager::Process(FunctionManager::new(
+                    backend.clone(),
+                    pool_core::FunctionSpec { name: setup.name.clone(), spec },
+                )?),
+                (BackendSpec::Docker(spec), Some(docker)) => Manager::Docker(FunctionManager::new(
+                    docker.clone(),
+                    pool_core::FunctionSpec { name: setup.name.clone(), spec },
+                )?),
+                (BackendSpec::Docker(_), None) => {
+                    unreachable!("connected when a function needs it")
+                }
+            };
             let pool = Pool::new(manager, setup.pool)
                 .map_err(|source| GatewayError::Pool { function: name.clone(), source })?;
             let labels = [("function", name.as_str())];
@@ -383,7 +410,11 @@ impl Client {
 }
 
 /// Routes one request.
-async fn handle(shared: &Arc<Shared>, request: Request<Incoming>, client: &Client) -> Response<Body> {
+async fn handle(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    client: &Client,
+) -> Response<Body> {
     if let Some(rest) = request.uri().path().strip_prefix("/fn/") {
         let name = rest.split_once('/').map_or(rest, |(name, _)| name);
         let Some(function) = shared.functions.get(name) else {

@@ -19,6 +19,7 @@
 //!
 //! None.
 
+mod any;
 pub mod config;
 pub mod demo;
 mod gateway;

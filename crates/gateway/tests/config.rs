@@ -39,18 +39,21 @@ fn the_issues_example_config_loads_and_resolves_against_its_directory() {
     assert_eq!(resolved.len(), 1);
     let hello = &resolved[0];
     assert_eq!(hello.name.as_str(), "hello");
-    assert_eq!(hello.spec.program, Path::new("python3"));
-    assert_eq!(hello.spec.args, ["examples/functions/hello.py"]);
+    assert_eq!(hello.spec.as_process().unwrap().program, Path::new("python3"));
+    assert_eq!(hello.spec.as_process().unwrap().args, ["examples/functions/hello.py"]);
     // The function runs in the config's directory, so its script's relative path is the
     // config's.
-    let working_dir = hello.spec.working_dir.as_deref().unwrap();
+    let working_dir = hello.spec.as_process().unwrap().working_dir.as_deref().unwrap();
     assert_eq!(working_dir, config_dir);
     assert_eq!(
-        working_dir.join(&hello.spec.args[0]),
+        working_dir.join(&hello.spec.as_process().unwrap().args[0]),
         config_dir.join("examples/functions/hello.py")
     );
-    assert_eq!(hello.spec.env["GREETING"], "hello");
-    assert_eq!(hello.spec.readiness, backend_process::Readiness::Http("/healthz".into()));
+    assert_eq!(hello.spec.as_process().unwrap().env["GREETING"], "hello");
+    assert_eq!(
+        hello.spec.as_process().unwrap().readiness,
+        backend_process::Readiness::Http("/healthz".into())
+    );
     assert_eq!((hello.pool.min, hello.pool.max), (1, 4));
     assert_eq!(hello.pool.queue_limit, 64);
     assert_eq!(hello.pool.acquire_timeout, Duration::from_secs(10));
@@ -101,7 +104,7 @@ fn a_broken_config_reports_every_error_with_file_line_column_and_key() {
     assert_eq!(
         lines[4],
         format!(
-            "{file}:15:11: functions.world.backend: backend `docker` is not available in this \
+            "{file}:15:11: functions.world.backend: backend `k8s` is not available in this \
              build"
         )
     );
