@@ -1,4 +1,6 @@
-//! `smgr serve` end to end: the real binary, real child processes (smgr's own demo functions),
+//! `smgr serve` end to end: the real binary, real child processes (smgr's own demo functions)
+//! and real containers on a Docker Engine (skipped loudly without one, unless
+//! `SMGR_REQUIRE_DOCKER=1`),
 //! real HTTP.
 
 use std::io::{Read, Write};
@@ -800,4 +802,91 @@ max_instances = 1
     );
     assert_eq!((code, error_code(&body)), (504, "timeout".to_owned()));
     assert_ne!(instance(), first, "the instance stuck on a request is replaced");
+}
+
+/// The engine's view of a pool: its containers, of every owner, as `(owner, state)`.
+fn containers_of(runtime: &tokio::runtime::Runtime, pool: &str) -> Vec<(String, String)> {
+    runtime.block_on(async {
+        let scope = pool_core::Scope::current(pool_core::PoolName::new(pool).unwrap());
+        let backend = backend_docker::DockerBackend::connect(
+            backend_docker::DockerBackendConfig::new(scope.clone()),
+        )
+        .await
+        .unwrap();
+        let containers = backend.containers_of(&scope.pool, None).await.unwrap();
+        containers.into_iter().map(|container| (container.owner, container.state)).collect()
+    })
+}
+
+#[test]
+fn docker_functions_are_served_and_a_sigkilled_gateway_leaves_nothing_after_a_restart() {
+    if backend_docker::testkit::skip_without_engine("docker_functions_are_served...") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let image = runtime.block_on(async {
+        let scope = pool_core::Scope::current(pool_core::PoolName::new("image").unwrap());
+        let backend =
+            backend_docker::DockerBackend::connect(backend_docker::DockerBackendConfig::new(scope))
+                .await
+                .unwrap();
+        backend_docker::testkit::fixture_image(
+            backend.docker(),
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+        )
+        .await
+        .unwrap()
+    });
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+
+[functions.boxed]
+backend = "docker"
+image = "{image}"
+command = ["--any-address"]
+pull = "never"
+min_instances = 2
+max_instances = 2
+"#
+    .replace("{image}", &image);
+    let pool = format!("t{}-docker", std::process::id());
+    let mut first = start("docker", &config, &[]);
+    let (code, headers, body) = exchange(
+        first.address,
+        b"GET /fn/boxed/hello?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("function=boxed") && body.contains("path=/hello"), "{body}");
+    assert!(header(&headers, "x-smgr-instance").is_some());
+    let first_owner = pool_core::OwnerId::of_process(first.child.id()).unwrap().to_string();
+    let running = containers_of(&runtime, &pool);
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert!(running.iter().all(|(owner, state)| *owner == first_owner && state == "running"));
+
+    // SIGKILL: the gateway cannot clean up; its containers keep running.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let left = containers_of(&runtime, &pool);
+    assert_eq!(left.len(), 2, "the killed gateway's containers are still there: {left:?}");
+
+    // The next gateway of the same pool removes them at start and runs its own.
+    let second = start("docker", &config, &[]);
+    let second_owner = pool_core::OwnerId::of_process(second.child.id()).unwrap().to_string();
+    wait_until(Duration::from_secs(30), || {
+        let now = containers_of(&runtime, &pool);
+        now.len() == 2 && now.iter().all(|(owner, _)| *owner == second_owner)
+    });
+    assert_eq!(get(&second, "/fn/boxed/").0, 200);
+
+    // A graceful stop removes its containers too.
+    let smgr = second.child.id().to_string();
+    Command::new("kill").args(["-TERM", &smgr]).status().unwrap();
+    let mut second = second;
+    let status = second.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let after = containers_of(&runtime, &pool);
+    assert!(after.is_empty(), "nothing is left: {after:?}");
 }
