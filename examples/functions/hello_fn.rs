@@ -1,8 +1,10 @@
 //! `hello-fn`: an example function for Serverless Managers in Rust with the standard library
 //! only — the same contract as `hello.py` beside it (see `docs/function-contract.md`).
 //!
-//! - It serves HTTP on `127.0.0.1:$PORT`, or on the listening socket of fd 3 when the backend
-//!   hands one over (socket activation: `LISTEN_FDS=1` and `LISTEN_PID` naming this process).
+//! - It serves HTTP on `127.0.0.1:$PORT` (on `$BIND:$PORT` when `BIND` is set: `0.0.0.0` in a
+//!   container, whose port the engine publishes), or on the listening socket of fd 3 when the
+//!   backend hands one over (socket activation: `LISTEN_FDS=1` and `LISTEN_PID` naming this
+//!   process).
 //! - `GET /healthz` answers 200 `ok`; every other request answers 200 with a small JSON document:
 //!   the greeting (`$GREETING`, default `hello`), the method and path, the function and instance
 //!   (`$SMGR_FUNCTION`, `$SMGR_INSTANCE`) and the pid.
@@ -76,7 +78,8 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The socket handed over by socket activation, else a new one on `127.0.0.1:$PORT`; and where
+/// The socket handed over by socket activation, else a new one on `$BIND:$PORT` (`BIND` default
+/// `127.0.0.1`); and where
 /// it listens, for the start-up line.
 fn listener() -> Result<(TcpListener, String), String> {
     let activated = std::env::var("LISTEN_FDS").as_deref() == Ok("1")
@@ -86,9 +89,10 @@ fn listener() -> Result<(TcpListener, String), String> {
     }
     let port = std::env::var("PORT").map_err(|_| "PORT is not set".to_owned())?;
     let port: u16 = port.parse().map_err(|_| format!("PORT {port:?} is not a port number"))?;
-    TcpListener::bind(("127.0.0.1", port))
-        .map(|listener| (listener, format!("127.0.0.1:{port}")))
-        .map_err(|error| format!("bind 127.0.0.1:{port}: {error}"))
+    let host = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1".to_owned());
+    TcpListener::bind((host.as_str(), port))
+        .map(|listener| (listener, format!("{host}:{port}")))
+        .map_err(|error| format!("bind {host}:{port}: {error}"))
 }
 
 /// Takes the listening socket on fd 3. It stays inheritable and the `LISTEN_*` variables stay

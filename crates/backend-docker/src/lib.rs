@@ -49,8 +49,9 @@
 //!
 //! # Feature flags
 //!
-//! - `testkit`: helpers for tests against a real engine (skip or fail without one, build the
-//!   fixture function's image `FROM scratch`).
+//! - `testkit`: helpers for tests against a real engine (skip or fail without one) and for
+//!   packaging a one-file std-only Rust program into an image `FROM scratch` (the tests'
+//!   fixture function; the `docker_pool` example's function).
 //!
 //! [`Backend::reap_orphans`]: pool_core::Backend::reap_orphans
 

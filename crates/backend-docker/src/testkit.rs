@@ -1,6 +1,6 @@
 //! Helpers for tests against a real Docker Engine (feature `testkit`): whether the tests run,
-//! and the fixture function's image, built `FROM scratch` (no image can be pulled where the
-//! tests run).
+//! and images built `FROM scratch` from one-file std-only Rust programs — the fixture function
+//! of the tests, or an example function — since no image can be pulled where the tests run.
 //!
 //! Docker tests skip with a loud message when no engine answers, unless
 //! `SMGR_REQUIRE_DOCKER=1` (which CI sets): then they fail.
@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::query_parameters::BuildImageOptions;
+use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 
 use crate::backend::DEFAULT_HOST;
@@ -81,24 +81,36 @@ pub fn skip_without_engine(test: &str) -> bool {
     }
 }
 
-/// The image of the fixture function: compiled statically with `rustc` into `work_dir`, and
-/// built `FROM scratch` with the binary as entrypoint, tagged by a hash of its source; built
-/// only when the engine does not have it yet. Parallel callers (test processes) wait for one
-/// another through a lock file in `work_dir`.
+/// The image of the fixture function (`smgr-fixture` of the process backend, which takes
+/// `--any-address` to listen on every interface): see [`scratch_image`].
 pub async fn fixture_image(docker: &Docker, work_dir: &Path) -> Result<String, String> {
+    scratch_image(docker, "smgr-fixture", FIXTURE_SOURCE, work_dir).await
+}
+
+/// An image `FROM scratch` of a one-file Rust program that uses std alone: `source` is
+/// compiled statically with `rustc` into `work_dir` and becomes the image's entrypoint. The
+/// image is `<name>:<hash of the source and the compiler>`, built only when the engine does not
+/// have it yet, and also tagged `<name>:latest`; parallel callers (test processes) wait for one
+/// another through a lock file in `work_dir`. Returns the hash tag.
+pub async fn scratch_image(
+    docker: &Docker,
+    name: &str,
+    source: &str,
+    work_dir: &Path,
+) -> Result<String, String> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     let version = Command::new(&rustc)
         .arg("--version")
         .output()
         .map_err(|error| format!("running {rustc} --version: {error}"))?;
-    let hash = fnv1a(FIXTURE_SOURCE.as_bytes(), fnv1a(&version.stdout, 0xcbf2_9ce4_8422_2325));
-    let tag = format!("smgr-fixture:{hash:016x}");
+    let hash = fnv1a(source.as_bytes(), fnv1a(&version.stdout, 0xcbf2_9ce4_8422_2325));
+    let tag = format!("{name}:{hash:016x}");
     if docker.inspect_image(&tag).await.is_ok() {
-        return Ok(tag);
+        return tag_latest(docker, name, tag).await;
     }
     std::fs::create_dir_all(work_dir)
         .map_err(|error| format!("creating {}: {error}", work_dir.display()))?;
-    let lock_path = work_dir.join("fixture-image.lock");
+    let lock_path = work_dir.join(format!("{name}-image.lock"));
     let lock = std::fs::File::create(&lock_path)
         .map_err(|error| format!("creating {}: {error}", lock_path.display()))?;
     let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
@@ -106,35 +118,33 @@ pub async fn fixture_image(docker: &Docker, work_dir: &Path) -> Result<String, S
         .map_err(|error| error.to_string())?
         .map_err(|error| format!("locking {}: {error}", lock_path.display()))?;
     if docker.inspect_image(&tag).await.is_ok() {
-        return Ok(tag);
+        return tag_latest(docker, name, tag).await;
     }
-    let binary = work_dir.join(format!("smgr-fixture-{hash:016x}"));
-    let source = work_dir.join(format!("smgr-fixture-{hash:016x}.rs"));
-    std::fs::write(&source, FIXTURE_SOURCE)
-        .map_err(|error| format!("writing {}: {error}", source.display()))?;
+    let binary = work_dir.join(format!("{name}-{hash:016x}"));
+    let source_file = work_dir.join(format!("{name}-{hash:016x}.rs"));
+    std::fs::write(&source_file, source)
+        .map_err(|error| format!("writing {}: {error}", source_file.display()))?;
     let compiled = Command::new(&rustc)
         .args(["--edition", "2024", "-O", "-C", "target-feature=+crt-static", "-C"])
         .arg("strip=symbols")
-        .arg(&source)
+        .arg(&source_file)
         .arg("-o")
         .arg(&binary)
         .output()
         .map_err(|error| format!("running {rustc}: {error}"))?;
     if !compiled.status.success() {
         return Err(format!(
-            "compiling the fixture statically failed: {}",
+            "compiling {} statically failed: {}",
+            source_file.display(),
             String::from_utf8_lossy(&compiled.stderr)
         ));
     }
     let program =
         std::fs::read(&binary).map_err(|error| format!("reading {}: {error}", binary.display()))?;
     let mut context = TarBuilder::new();
-    context.file(
-        "Dockerfile",
-        0o644,
-        b"FROM scratch\nCOPY smgr-fixture /smgr-fixture\nENTRYPOINT [\"/smgr-fixture\"]\n",
-    )?;
-    context.file("smgr-fixture", 0o755, &program)?;
+    let dockerfile = format!("FROM scratch\nCOPY program /{name}\nENTRYPOINT [\"/{name}\"]\n");
+    context.file("Dockerfile", 0o644, dockerfile.as_bytes())?;
+    context.file("program", 0o755, &program)?;
     let options = BuildImageOptions {
         dockerfile: "Dockerfile".to_owned(),
         t: Some(tag.clone()),
@@ -151,6 +161,16 @@ pub async fn fixture_image(docker: &Docker, work_dir: &Path) -> Result<String, S
         }
     }
     drop(lock);
+    tag_latest(docker, name, tag).await
+}
+
+/// Tags `tag` as `<name>:latest` too; `tag` back.
+async fn tag_latest(docker: &Docker, name: &str, tag: String) -> Result<String, String> {
+    let options = TagImageOptions { repo: Some(name.to_owned()), tag: Some("latest".to_owned()) };
+    docker
+        .tag_image(&tag, Some(options))
+        .await
+        .map_err(|error| format!("tagging {tag} as {name}:latest: {error}"))?;
     Ok(tag)
 }
 

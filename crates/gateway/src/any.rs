@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use backend_docker::{ContainerDetails, DockerBackend};
 use backend_process::{ProcessBackend, ProcessDetails};
 use pool_core::{
-    BackendError, Endpoint, FunctionManager, Instance, InstanceId, InstanceRecord, Manager,
+    Backend, BackendError, Endpoint, FunctionManager, Instance, InstanceId, InstanceRecord, Manager,
 };
 
 /// The manager of one function, on the backend it runs on.
@@ -55,6 +55,14 @@ impl AnyInstance {
 }
 
 impl AnyManager {
+    /// The backend's name: `process` or `docker`.
+    pub(crate) fn backend_kind(&self) -> &'static str {
+        match self {
+            Self::Process(manager) => manager.backend().kind(),
+            Self::Docker(manager) => manager.backend().kind(),
+        }
+    }
+
     /// What the manager knows of its live instances.
     pub(crate) fn instances(&self) -> Vec<InstanceRecord> {
         match self {

@@ -25,7 +25,7 @@ use perf_monitor::{
 };
 use pool_core::{
     Backend, Endpoint, Error as PoolError, FunctionManager, FunctionName, InstanceId, Lease, Pool,
-    PoolConfig, PoolName, Scope,
+    PoolConfig, PoolEvent, PoolName, Scope,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -197,6 +197,7 @@ impl GatewayBuilder {
             };
             let pool = Pool::new(manager, setup.pool)
                 .map_err(|source| GatewayError::Pool { function: name.clone(), source })?;
+            tokio::spawn(log_events(name.clone(), pool.subscribe()));
             let labels = [("function", name.as_str())];
             let metrics = FunctionMetrics {
                 duration: registry.histogram(
@@ -248,6 +249,40 @@ impl GatewayBuilder {
                 ),
             }),
         })
+    }
+}
+
+/// Logs what happens in a function's pool: failures as warnings (a function that cannot
+/// start says so at once, not at its first request), the rest at debug level. Ends with the
+/// pool.
+async fn log_events(function: String, mut events: tokio::sync::broadcast::Receiver<PoolEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(PoolEvent::CreateFailed { error, consecutive_failures, backoff }) => {
+                tracing::warn!(
+                    %function, failures_in_a_row = consecutive_failures, retry_in = ?backoff,
+                    "could not start an instance: {error}"
+                );
+            }
+            Ok(PoolEvent::HealthCheckFailed { instance, error }) => {
+                tracing::warn!(%function, %instance, "an instance failed its health check: {error}");
+            }
+            Ok(PoolEvent::LeakSuspected { instance, held }) => {
+                tracing::warn!(%function, %instance, ?held, "a lease is held suspiciously long");
+            }
+            Ok(PoolEvent::Created { instance }) => {
+                tracing::debug!(%function, %instance, "instance ready");
+            }
+            Ok(PoolEvent::Destroyed { instance, reason }) => {
+                tracing::debug!(%function, %instance, ?reason, "instance destroyed");
+            }
+            Ok(event) => tracing::debug!(%function, ?event, "pool event"),
+            Err(RecvError::Lagged(missed)) => {
+                tracing::debug!(%function, missed, "pool events missed");
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 
@@ -606,7 +641,7 @@ fn pool_json(function: &FunctionPool) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "function": function.name,
-        "backend": "process",
+        "backend": function.pool.manager().backend_kind(),
         "min": status.min,
         "max": status.max,
         "size": status.size,

@@ -26,7 +26,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Serve functions from warm pools over HTTP",
     long_about = "smgr keeps warm pools of function instances and serves them over HTTP. \
                   This build runs functions as child processes (any program serving HTTP on \
-                  $PORT); worker threads, Docker containers and Kubernetes pods are to come.",
+                  $PORT) and as containers on a Docker Engine; worker threads and Kubernetes \
+                  pods are to come.",
     // With no arguments, print the help on stderr and exit 2 instead of doing nothing.
     arg_required_else_help = true
 )]

@@ -861,6 +861,8 @@ max_instances = 2
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("function=boxed") && body.contains("path=/hello"), "{body}");
     assert!(header(&headers, "x-smgr-instance").is_some());
+    let (_, pools) = get(&first, "/admin/pools");
+    assert!(pools.contains(r#""backend":"docker""#), "{pools}");
     let first_owner = pool_core::OwnerId::of_process(first.child.id()).unwrap().to_string();
     let running = containers_of(&runtime, &pool);
     assert_eq!(running.len(), 2, "{running:?}");

@@ -153,7 +153,9 @@ impl<M: Manager> Pool<M> {
     ///
     /// Fails at once with [`Error::QueueFull`] when the queue is full and with
     /// [`Error::ShuttingDown`] once the pool is closing; with [`Error::Create`] when the create
-    /// it was counting on fails; with [`Error::Timeout`] when `timeout` passes.
+    /// it was counting on fails, and at once with the last create's error while creates fail
+    /// and the pool backs off with no instance to offer; with [`Error::Timeout`] when `timeout`
+    /// passes.
     pub fn acquire_with(&self, priority: Priority, timeout: Duration) -> Acquire<'_, M> {
         Acquire { inner: self.inner(), stage: Stage::Start { priority, timeout } }
     }

@@ -283,6 +283,8 @@ pub(crate) struct State<T> {
     pub(crate) destroying: usize,
     pub(crate) leased: usize,
     consecutive_failures: u32,
+    /// The error of the last create, while creates fail (cleared by a success).
+    last_create_error: Option<Error>,
     backoff_until: Option<Instant>,
     pub(crate) closed: bool,
     pub(crate) counters: PoolCounters,
@@ -307,6 +309,7 @@ impl<T> State<T> {
             destroying: 0,
             leased: 0,
             consecutive_failures: 0,
+            last_create_error: None,
             backoff_until: None,
             closed: false,
             counters: PoolCounters::default(),
@@ -445,6 +448,15 @@ impl<T> State<T> {
         if self.waiters.len >= self.config.queue_limit {
             self.counters.queue_full += 1;
             return Err(Error::QueueFull { limit: self.config.queue_limit, max: self.config.max });
+        }
+        // Nothing could serve it before the backoff ends — no instance, none being created —
+        // and creates keep failing: waiting would end in a timeout that hides why. Say why now.
+        if let Some(error) = &self.last_create_error
+            && self.backoff_until.is_some_and(|until| now < until)
+            && self.size == self.retiring
+            && self.creating == 0
+        {
+            return Err(error.clone());
         }
         let queued = self.waiters.push(priority, now, deadline, waker);
         // The maintenance task times waiters out; wake it if this deadline comes first.
@@ -620,6 +632,7 @@ impl<T> State<T> {
     ) {
         self.creating -= 1;
         self.consecutive_failures = 0;
+        self.last_create_error = None;
         self.backoff_until = None;
         self.counters.created += 1;
         let slot = Slot {
@@ -647,6 +660,7 @@ impl<T> State<T> {
         self.counters.create_failures += 1;
         let backoff = self.config.backoff_after(self.consecutive_failures);
         self.backoff_until = Some(now + backoff);
+        self.last_create_error = Some(error.clone());
         // The waiters this create would have served: those beyond what the creates still
         // running can serve, at most one instance's worth, in service order.
         let concurrency = self.config.concurrency;

@@ -224,6 +224,35 @@ async fn a_create_failure_reaches_its_waiter_at_once_with_the_managers_error() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn while_creates_fail_and_nothing_runs_an_acquire_gets_the_last_error_at_once() {
+    let (pool, manager) = pool(PoolConfig {
+        min: 1,
+        create_backoff: Duration::from_secs(20),
+        create_backoff_max: Duration::from_secs(20),
+        acquire_timeout: Duration::from_secs(10),
+        ..config()
+    });
+    manager.probe.fail_creates.store(2, Ordering::SeqCst);
+    eventually("the warm-up create fails", || pool.status().counters.create_failures == 1).await;
+    // The pool backs off for 20 s with no instance: a waiter would time out after 10 s with
+    // "no instance became available"; it gets the reason instead, without waiting.
+    let start = Instant::now();
+    let error = pool.acquire().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let Error::Create(source) = &error else { panic!("expected a create error, got {error:?}") };
+    assert_eq!(source.downcast_ref::<TestError>(), Some(&TestError("create 0 refused".into())));
+
+    // After the backoff the next create fails too; then one succeeds and serves as usual.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    eventually("the second failure", || pool.status().counters.create_failures == 2).await;
+    tokio::time::advance(Duration::from_secs(20)).await;
+    eventually("the warm instance", || pool.status().size == 1).await;
+    let start = Instant::now();
+    pool.acquire().await.expect("an instance serves once creates work");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
 async fn repeated_create_failures_back_off() {
     let (pool, manager) = pool(PoolConfig {
         min: 1,
