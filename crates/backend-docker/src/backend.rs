@@ -92,6 +92,39 @@ pub struct ContainerInfo {
     pub state: String,
 }
 
+/// A step of an image pull, from [`DockerBackend::pull_events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullEvent {
+    /// The function whose launch pulls.
+    pub function: String,
+    /// The image.
+    pub image: String,
+    /// What happened.
+    pub stage: PullStage,
+}
+
+/// What happened in a pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PullStage {
+    /// The pull began.
+    Started,
+    /// The engine reported a new status, for a layer or for the whole image.
+    Progress {
+        /// The layer, when the status is about one.
+        layer: Option<String>,
+        /// The engine's status text (`Pulling fs layer`, `Download complete`, ...).
+        status: String,
+    },
+    /// The image is on the engine.
+    Finished,
+    /// The pull failed; the launch fails with this error.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
 /// Containers that the event stream says are dead, with why.
 type Deaths = Arc<Mutex<HashMap<String, String>>>;
 
@@ -108,6 +141,7 @@ pub struct DockerBackend {
     watcher: tokio::task::JoinHandle<()>,
     /// Images known to be on the engine, or pulled once under `always`.
     images: Mutex<HashSet<String>>,
+    pulls: tokio::sync::broadcast::Sender<PullEvent>,
 }
 
 impl Drop for DockerBackend {
@@ -182,6 +216,7 @@ impl DockerBackend {
             watching,
             watcher,
             images: Mutex::new(HashSet::new()),
+            pulls: tokio::sync::broadcast::channel(256).0,
         })
     }
 
@@ -270,30 +305,55 @@ impl DockerBackend {
         Ok(())
     }
 
-    /// Pulls the function's image, logging its progress.
+    /// Pulls the function's image, reporting its progress as [`PullEvent`]s and logs.
     async fn pull(&self, function: &FunctionSpec<DockerSpec>) -> Result<(), BackendError> {
         let image = &function.spec.image;
+        let event = |kind: PullStage| {
+            let _ = self.pulls.send(PullEvent {
+                function: function.name.to_string(),
+                image: image.clone(),
+                stage: kind,
+            });
+        };
         tracing::info!(target: "smgr::docker", function = %function.name, image, "pulling image");
+        event(PullStage::Started);
+        let failed = |reason: String, source: Option<DockerError>| {
+            tracing::warn!(target: "smgr::docker", function = %function.name, image, "pull failed: {reason}");
+            event(PullStage::Failed { error: reason.clone() });
+            BackendError::Launch {
+                function: function.name.to_string(),
+                reason: format!("pulling image {image}: {reason}"),
+                source: source.map(|error| Box::new(error) as _),
+            }
+        };
         let options = CreateImageOptions { from_image: Some(image.clone()), ..Default::default() };
         let mut progress = self.docker.create_image(Some(options), None, None);
-        let mut last = String::new();
+        let mut last = (String::new(), String::new());
         while let Some(step) = progress.next().await {
-            let step = step.map_err(|error| BackendError::Launch {
-                function: function.name.to_string(),
-                reason: format!("pulling image {image}: {error}"),
-                source: Some(Box::new(error)),
-            })?;
+            let step = step.map_err(|error| failed(error.to_string(), Some(error)))?;
+            if let Some(detail) = step.error_detail {
+                return Err(failed(detail.message.unwrap_or_default(), None));
+            }
+            let layer = step.id.unwrap_or_default();
             let status = step.status.unwrap_or_default();
-            if status != last {
-                tracing::info!(
-                    target: "smgr::docker", function = %function.name, image,
-                    layer = step.id.as_deref().unwrap_or(""), "{status}"
-                );
-                last = status;
+            // Each layer's status once per change, not every progress tick.
+            if (&layer, &status) != (&last.0, &last.1) {
+                tracing::info!(target: "smgr::docker", function = %function.name, image, %layer, "{status}");
+                event(PullStage::Progress {
+                    layer: (!layer.is_empty()).then(|| layer.clone()),
+                    status: status.clone(),
+                });
+                last = (layer, status);
             }
         }
         tracing::info!(target: "smgr::docker", function = %function.name, image, "pulled image");
+        event(PullStage::Finished);
         Ok(())
+    }
+
+    /// The progress of the image pulls this backend makes from now on.
+    pub fn pull_events(&self) -> tokio::sync::broadcast::Receiver<PullEvent> {
+        self.pulls.subscribe()
     }
 
     /// The last `lines` lines of the container's stdout and stderr.

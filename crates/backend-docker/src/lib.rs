@@ -5,7 +5,8 @@
 //! default 8080) on every interface. The backend
 //!
 //! - makes sure the image is there as the pull policy says (`never`, `if_missing`, `always`;
-//!   pull progress goes to `tracing`, target `smgr::docker`);
+//!   pull progress goes to [`DockerBackend::pull_events`] and to `tracing`, target
+//!   `smgr::docker`);
 //! - creates the container with the labels `smgr.owner`, `smgr.pool`, `smgr.function` and
 //!   `smgr.instance`, every capability dropped and no new privileges (unless the spec says
 //!   otherwise), memory, CPU and pids limits, an optional read-only root with a tmpfs `/tmp`,
@@ -65,6 +66,6 @@ pub mod testkit;
 
 pub use backend::{
     ContainerDetails, ContainerInfo, DEFAULT_HOST, DockerBackend, DockerBackendConfig,
-    FUNCTION_LABEL, INSTANCE_LABEL, OWNER_LABEL, POOL_LABEL,
+    FUNCTION_LABEL, INSTANCE_LABEL, OWNER_LABEL, POOL_LABEL, PullEvent, PullStage,
 };
 pub use spec::{DockerSpec, InjectedFile, Limits, PullPolicy, Readiness, Security};

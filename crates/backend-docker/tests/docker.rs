@@ -246,3 +246,33 @@ async fn containers_of_a_sigkilled_owner_are_removed_by_the_next_one() {
     assert_eq!((reaped.owners, reaped.instances), (1, 2), "{reaped:?}");
     assert_eq!(leftovers(&backend, &scope).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_is_reported_as_events_and_a_failed_one_names_the_image() {
+    if testkit::skip_without_engine("a_pull_is_reported_as_events...") {
+        return;
+    }
+    let scope = scope("pull");
+    let backend = connect(scope.clone()).await;
+    let mut events = backend.pull_events();
+    // Never published anywhere: the pull fails, whether a registry is reachable or not.
+    let image = "smgr-test.invalid/never-published:1";
+    let function =
+        FunctionSpec::new("pulled", DockerSpec::new(image).pull(PullPolicy::Always)).unwrap();
+    let error = backend.launch(&function, InstanceId(0)).await.expect_err("nothing to pull");
+    let message = error.to_string();
+    assert!(message.contains(&format!("pulling image {image}")), "{message}");
+
+    let first = events.recv().await.unwrap();
+    assert_eq!((first.function.as_str(), first.image.as_str()), ("pulled", image));
+    assert_eq!(first.stage, backend_docker::PullStage::Started);
+    let mut last = first;
+    while let Ok(event) = events.try_recv() {
+        last = event;
+    }
+    let backend_docker::PullStage::Failed { error } = &last.stage else {
+        panic!("the last event is the failure: {last:?}")
+    };
+    assert!(message.contains(error.as_str()), "{error} in {message}");
+    assert_eq!(leftovers(&backend, &scope).await, 0);
+}
