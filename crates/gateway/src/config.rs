@@ -106,6 +106,13 @@ pub struct ServerConfig {
     /// directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// The Docker Engine of docker functions: `unix:///path/to/docker.sock` or
+    /// `tcp://host:port`. Unset: `DOCKER_HOST`, else `unix:///var/run/docker.sock`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
+    /// Containers created at once, at most, over every docker function; more launches wait.
+    /// Default 8.
+    pub docker_max_concurrent_creates: usize,
 }
 
 impl ServerConfig {
@@ -125,6 +132,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             pool: "smgr".to_owned(),
             state_dir: None,
+            docker_host: None,
+            docker_max_concurrent_creates: 8,
         }
     }
 }
@@ -141,6 +150,8 @@ impl fmt::Debug for ServerConfig {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("pool", &self.pool)
             .field("state_dir", &self.state_dir)
+            .field("docker_host", &self.docker_host)
+            .field("docker_max_concurrent_creates", &self.docker_max_concurrent_creates)
             .finish()
     }
 }
@@ -1411,6 +1422,20 @@ fn server_issues(server: &ServerConfig) -> Vec<Issue> {
     }
     if server.request_timeout.is_zero() {
         issues.push(Issue::new(&["server", "request_timeout"], "must be longer than zero"));
+    }
+    if let Some(host) = &server.docker_host
+        && !(host.starts_with("unix://") || host.starts_with("tcp://"))
+    {
+        issues.push(Issue::new(
+            &["server", "docker_host"],
+            format!("must be unix:///path or tcp://host:port, got {host:?}"),
+        ));
+    }
+    if server.docker_max_concurrent_creates == 0 {
+        issues.push(Issue::new(
+            &["server", "docker_max_concurrent_creates"],
+            "must be at least 1, got 0",
+        ));
     }
     issues
 }
@@ -2793,7 +2818,8 @@ mod tests {
                 "smgr.toml:1:1: bogus: unknown field `bogus`, expected one of `server`, `defaults`, `functions`",
                 "smgr.toml:5:1: server.lisen: unknown field `lisen`, expected one of `listen`, \
                  `admin_token_env`, `admin_token`, `max_body`, `request_timeout`, \
-                 `shutdown_timeout`, `pool`, `state_dir`",
+                 `shutdown_timeout`, `pool`, `state_dir`, `docker_host`, \
+                 `docker_max_concurrent_creates`",
                 "smgr.toml:9:3: functions.hello.max_instance: unknown field `max_instance`, \
                  expected one of `backend`, `command`, `image`, `container_port`, `pull`, \
               `limits`, `security`, `network`, `files`, `labels`, `init`, `env`, `readiness`, `working_dir`, \
@@ -3134,7 +3160,8 @@ functions:
                  (case-insensitively); the config has hello",
                 "SMGR_SERVER__LISTN: unknown field `listn`, expected one of `listen`, \
                  `admin_token_env`, `admin_token`, `max_body`, `request_timeout`, \
-                 `shutdown_timeout`, `pool`, `state_dir` (sets server.listn)",
+                 `shutdown_timeout`, `pool`, `state_dir`, `docker_host`, \
+                 `docker_max_concurrent_creates` (sets server.listn)",
                 "SMGR_SERVER____LISTEN: an empty key in the name (a `__` too many)",
                 "SMGR_SERVR__LISTEN: `SERVR` is not a section of the config (expected SERVER, \
                  DEFAULTS or FUNCTIONS)",
@@ -3272,6 +3299,29 @@ env = { LEVEL = "debug" }
         assert!(spec.init, "an init by default");
         assert_eq!(spec.files[0].source.as_deref(), Some(Path::new("/etc/smgr/conf/app.toml")));
         assert_eq!(spec.files[0].mode, 0o600);
+    }
+
+    #[test]
+    fn the_docker_engine_settings_are_checked() {
+        assert_eq!(
+            toml_errors(
+                "[server]\ndocker_host = \"ssh://box\"\ndocker_max_concurrent_creates = 0\n"
+            ),
+            [
+                "smgr.toml:2:15: server.docker_host: must be unix:///path or tcp://host:port, got \
+                 \"ssh://box\"",
+                "smgr.toml:3:33: server.docker_max_concurrent_creates: must be at least 1, got 0",
+            ]
+        );
+        let config = load(
+            "[server]\ndocker_host = \"tcp://10.0.0.2:2375\"\ndocker_max_concurrent_creates = 2\n",
+            Format::Toml,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.server.docker_host.as_deref(), Some("tcp://10.0.0.2:2375"));
+        assert_eq!(config.server.docker_max_concurrent_creates, 2);
+        assert_eq!(Config::default().server.docker_max_concurrent_creates, 8);
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct GatewayBuilder {
     request_timeout: Duration,
     shutdown_timeout: Duration,
     monitor: MonitorConfig,
+    docker_host: Option<String>,
+    docker_max_concurrent_creates: usize,
 }
 
 impl Default for GatewayBuilder {
@@ -97,6 +99,8 @@ impl Default for GatewayBuilder {
             request_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             monitor: MonitorConfig::default(),
+            docker_host: None,
+            docker_max_concurrent_creates: 8,
         }
     }
 }
@@ -117,6 +121,14 @@ impl GatewayBuilder {
     /// The process backend's state directory (default: its own default).
     pub fn state_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.state_dir = dir;
+        self
+    }
+
+    /// The Docker Engine of docker functions (default: `DOCKER_HOST`, else the local socket),
+    /// and how many containers it may create at once (default 8).
+    pub fn docker(mut self, host: Option<String>, max_concurrent_creates: usize) -> Self {
+        self.docker_host = host;
+        self.docker_max_concurrent_creates = max_concurrent_creates;
         self
     }
 
@@ -162,7 +174,12 @@ impl GatewayBuilder {
         }
         // The engine is reached only when a function runs on it.
         let docker = if self.functions.iter().any(|f| matches!(f.spec, BackendSpec::Docker(_))) {
-            let docker = Arc::new(DockerBackend::connect(DockerBackendConfig::new(scope)).await?);
+            let config = DockerBackendConfig {
+                host: self.docker_host.clone(),
+                max_concurrent_creates: self.docker_max_concurrent_creates,
+                ..DockerBackendConfig::new(scope)
+            };
+            let docker = Arc::new(DockerBackend::connect(config).await?);
             let reaped = docker.reap_orphans().await?;
             if reaped.instances > 0 {
                 tracing::info!(

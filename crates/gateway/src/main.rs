@@ -196,7 +196,8 @@ async fn serve(
                 .state_dir(Some(loaded.state_dir(&base)))
                 .max_body(server.max_body.0)
                 .request_timeout(server.request_timeout)
-                .shutdown_timeout(server.shutdown_timeout);
+                .shutdown_timeout(server.shutdown_timeout)
+                .docker(server.docker_host.clone(), server.docker_max_concurrent_creates);
             for function in functions {
                 builder = builder.function(FunctionSetup {
                     name: function.name,

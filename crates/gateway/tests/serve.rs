@@ -892,3 +892,32 @@ max_instances = 2
     let after = containers_of(&runtime, &pool);
     assert!(after.is_empty(), "nothing is left: {after:?}");
 }
+
+#[test]
+fn an_unreachable_docker_engine_stops_the_start_with_the_address_tried() {
+    let dir = scratch("no-engine");
+    let config = dir.join("smgr.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\npool = \"t{}-no-engine\"\nstate_dir = \"{}\"\n\
+             docker_host = \"unix:///nonexistent/smgr/docker.sock\"\n\n\
+             [functions.boxed]\nbackend = \"docker\"\nimage = \"x\"\n",
+            std::process::id(),
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(SMGR)
+        .args(["serve", "--config", config.to_str().unwrap(), "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the docker backend is unavailable")
+            && stderr.contains("unix:///nonexistent/smgr/docker.sock"),
+        "{stderr}"
+    );
+}
