@@ -55,12 +55,21 @@ pub struct DockerBackendConfig {
     pub max_concurrent_creates: usize,
     /// How long one call to the engine may take. Default 120 s (a pull is a stream of calls).
     pub api_timeout: Duration,
+    /// Learn of dead containers from the engine's event stream. Default true; turned off (for
+    /// an engine behind a proxy that refuses `/events`), probes inspect each container.
+    pub follow_events: bool,
 }
 
 impl DockerBackendConfig {
     /// The defaults for `scope`.
     pub fn new(scope: Scope) -> Self {
-        Self { scope, host: None, max_concurrent_creates: 8, api_timeout: Duration::from_secs(120) }
+        Self {
+            scope,
+            host: None,
+            max_concurrent_creates: 8,
+            api_timeout: Duration::from_secs(120),
+            follow_events: true,
+        }
     }
 }
 
@@ -138,7 +147,7 @@ pub struct DockerBackend {
     deaths: Deaths,
     /// Whether the event stream is connected; when not, probes inspect.
     watching: Arc<AtomicBool>,
-    watcher: tokio::task::JoinHandle<()>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
     /// Images known to be on the engine, or pulled once under `always`.
     images: Mutex<HashSet<String>>,
     pulls: tokio::sync::broadcast::Sender<PullEvent>,
@@ -146,7 +155,9 @@ pub struct DockerBackend {
 
 impl Drop for DockerBackend {
     fn drop(&mut self) {
-        self.watcher.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
     }
 }
 
@@ -201,12 +212,14 @@ impl DockerBackend {
             };
         let deaths = Deaths::default();
         let watching = Arc::new(AtomicBool::new(false));
-        let watcher = tokio::spawn(watch_events(
-            docker.clone(),
-            config.scope.pool.clone(),
-            deaths.clone(),
-            watching.clone(),
-        ));
+        let watcher = config.follow_events.then(|| {
+            tokio::spawn(watch_events(
+                docker.clone(),
+                config.scope.pool.clone(),
+                deaths.clone(),
+                watching.clone(),
+            ))
+        });
         Ok(Self {
             docker,
             host,
@@ -851,7 +864,8 @@ impl Backend for DockerBackend {
         let seconds = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
             .unwrap_or(i32::MAX);
         let options = StopContainerOptions { t: Some(seconds), signal: None };
-        let died_before = self.deaths.lock().contains_key(&details.id);
+        // Dead already (the events said so, or — without them — inspecting says so).
+        let died_before = self.death(&details.id).await.is_some();
         let stopped = if died_before {
             // It exited on its own: nothing to stop (some engines answer a stop of a stopped
             // container with success, and its exit code would read as a forced stop).

@@ -17,7 +17,8 @@
 //!   lines of the container's logs, and the container is removed;
 //! - limits concurrent creates (default 8);
 //! - learns that a container died (`die`, `oom`, a SIGKILL) from the engine's event stream,
-//!   without polling; while the stream is down, probes inspect the container instead;
+//!   without polling; while the stream is down, or when
+//!   [`DockerBackendConfig::follow_events`] is off, probes inspect the container instead;
 //! - stops a container with the grace period, then kills it, then removes it with its
 //!   anonymous volumes; a container already gone is not an error;
 //! - and [`Backend::reap_orphans`] removes the containers of the same pool whose owner process

@@ -159,6 +159,35 @@ async fn a_killed_container_is_dead_from_the_event_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_event_stream_a_dead_container_is_found_by_inspecting() {
+    if testkit::skip_without_engine("without_the_event_stream...") {
+        return;
+    }
+    let scope = scope("inspect");
+    let config =
+        DockerBackendConfig { follow_events: false, ..DockerBackendConfig::new(scope.clone()) };
+    let backend = DockerBackend::connect(config).await.expect("the engine answers");
+    let function = FunctionSpec::new("victim", fixture(&image(&backend).await, &[])).unwrap();
+    let instance = backend.launch(&function, InstanceId(0)).await.expect("launches");
+    assert_eq!(backend.probe(&instance).await.unwrap(), Health::Alive);
+    let options = bollard::query_parameters::KillContainerOptions { signal: "SIGKILL".to_owned() };
+    backend.docker().kill_container(&instance.details().id, Some(options)).await.unwrap();
+    // No events: a probe inspects, and sees the exit once the engine has recorded it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let health = backend.probe(&instance).await.unwrap();
+        if health != Health::Alive || Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(health, Health::Dead("the container exited with code 137".to_owned()));
+    let ended = backend.terminate(instance, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(ended, pool_core::Termination::AlreadyGone, "not counted as a forced stop");
+    assert_eq!(leftovers(&backend, &scope).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_launch_says_why_with_the_logs_and_leaves_no_container() {
     if testkit::skip_without_engine("a_failed_launch_says_why...") {
         return;
