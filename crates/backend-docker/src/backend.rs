@@ -586,7 +586,8 @@ impl DockerBackend {
             let checked = match &spec.readiness {
                 Readiness::Tcp => http::tcp_open(address, TCP_HOLD).await,
                 Readiness::Http(path) => {
-                    match http::get_status(address, path, Duration::from_secs(1)).await {
+                    match pool_core::probe::http_status(address, path, Duration::from_secs(1)).await
+                    {
                         Ok(code) if (200..300).contains(&code) => Ok(()),
                         Ok(code) => Err(format!("GET {path} answered {code}")),
                         Err(error) => Err(error),
@@ -844,11 +845,13 @@ impl Backend for DockerBackend {
         if let (Readiness::Http(path), Endpoint::Http(address)) =
             (&details.readiness, instance.endpoint())
         {
-            return Ok(match http::get_status(address, path, Duration::from_secs(2)).await {
-                Ok(code) if (200..300).contains(&code) => Health::Alive,
-                Ok(code) => Health::Dead(format!("GET {path} answered {code}")),
-                Err(error) => Health::Dead(error),
-            });
+            return Ok(
+                match pool_core::probe::http_status(address, path, Duration::from_secs(2)).await {
+                    Ok(code) if (200..300).contains(&code) => Health::Alive,
+                    Ok(code) => Health::Dead(format!("GET {path} answered {code}")),
+                    Err(error) => Health::Dead(error),
+                },
+            );
         }
         Ok(Health::Alive)
     }

@@ -1,50 +1,11 @@
-//! The readiness and liveness checks on a container's published port: just enough HTTP/1.1
-//! to ask whether a path answers 2xx, and a TCP check that sees through the engine's port
-//! proxy.
+//! The TCP readiness check on a container's published port, which sees through the engine's
+//! port proxy (the HTTP check is pool-core's `probe::http_status`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-
-/// `GET path` on `address`; the status code, or what went wrong.
-pub(crate) async fn get_status(
-    address: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> Result<u16, String> {
-    tokio::time::timeout(timeout, exchange(address, path))
-        .await
-        .map_err(|_| format!("GET {path} got no answer within {timeout:?}"))?
-}
-
-async fn exchange(address: SocketAddr, path: &str) -> Result<u16, String> {
-    let mut stream = TcpStream::connect(address)
-        .await
-        .map_err(|error| format!("connect to {address}: {error}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: smgr-probe\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.map_err(|error| format!("GET {path}: {error}"))?;
-    let mut head = Vec::with_capacity(64);
-    let mut byte = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 1024 {
-        let read = stream.read(&mut byte).await.map_err(|error| format!("GET {path}: {error}"))?;
-        if read == 0 {
-            break;
-        }
-        head.extend_from_slice(&byte[..read]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let line = line.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    match (parts.next(), parts.next().and_then(|code| code.parse().ok())) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/") => Ok(code),
-        _ if line.is_empty() => Err(format!("GET {path}: the connection closed without an answer")),
-        _ => Err(format!("GET {path}: not an HTTP answer: {line:?}")),
-    }
-}
 
 /// Whether something listens behind `address`. The engine's port proxy accepts a connection
 /// on the published port whether or not the function listens, and closes it at once when the

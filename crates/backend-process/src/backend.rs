@@ -19,7 +19,6 @@ use pool_core::{
 use tokio::process::Child;
 use tokio::time::Instant;
 
-use crate::http;
 use crate::logs::{LogBuffer, Origin, Stream, forward};
 use crate::spec::{ProcessSpec, Readiness};
 use crate::state_dir::{StateDir, default_state_dir, processes_of};
@@ -621,11 +620,13 @@ async fn ready(
                 Err(_) => Err(format!("connect took longer than {timeout:?}")),
             }
         }
-        Readiness::Http(path) => match http::get_status(address, path, timeout).await {
-            Ok(code) if (200..300).contains(&code) => Ok(()),
-            Ok(code) => Err(format!("GET {path} answered {code}")),
-            Err(error) => Err(error),
-        },
+        Readiness::Http(path) => {
+            match pool_core::probe::http_status(address, path, timeout).await {
+                Ok(code) if (200..300).contains(&code) => Ok(()),
+                Ok(code) => Err(format!("GET {path} answered {code}")),
+                Err(error) => Err(error),
+            }
+        }
     }
 }
 

@@ -48,7 +48,6 @@
 //! [`Backend::reap_orphans`]: pool_core::Backend::reap_orphans
 
 mod backend;
-mod http;
 mod logs;
 mod spawner;
 mod spec;

@@ -70,6 +70,8 @@
 //!
 //! # Feature flags
 //!
+//! - `probe`: [`probe::http_status`], the `GET` status check that backends use for readiness
+//!   and liveness.
 //! - `testkit`: the backend conformance suite ([`testkit`]) that every backend's tests run.
 
 mod backend;
@@ -80,6 +82,9 @@ mod mailbox;
 mod manager;
 mod owner;
 mod pool;
+#[cfg(feature = "probe")]
+#[cfg_attr(docsrs, doc(cfg(feature = "probe")))]
+pub mod probe;
 mod state;
 mod status;
 #[cfg(feature = "testkit")]

@@ -1,5 +1,6 @@
-//! Just enough HTTP/1.1 to ask an instance whether a path answers 2xx: the readiness and
-//! liveness checks need no client library.
+//! Just enough HTTP/1.1 to ask an instance whether a path answers 2xx, for the readiness and
+//! liveness checks of every backend whose instances serve HTTP (feature `probe`): no client
+//! library, and one copy for all backends.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// `GET path` on `address`; the status code, or what went wrong.
-pub(crate) async fn get_status(
+pub async fn http_status(
     address: SocketAddr,
     path: &str,
     timeout: Duration,
