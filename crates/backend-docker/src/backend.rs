@@ -867,40 +867,33 @@ impl Backend for DockerBackend {
         let seconds = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
             .unwrap_or(i32::MAX);
         let options = StopContainerOptions { t: Some(seconds), signal: None };
-        // Dead already (the events said so, or — without them — inspecting says so).
-        let died_before = self.death(&details.id).await.is_some();
-        let stopped = if died_before {
-            // It exited on its own: nothing to stop (some engines answer a stop of a stopped
-            // container with success, and its exit code would read as a forced stop).
-            Err(DockerError::DockerResponseServerError {
-                status_code: 304,
-                message: "already stopped".to_owned(),
-            })
+        let outcome = if self.death(&details.id).await.is_some() {
+            // It exited on its own (the events said so, or inspecting did): nothing to stop.
+            // Some engines answer a stop of a stopped container with success, and its exit
+            // code would then read as a forced stop.
+            Termination::AlreadyGone
         } else {
-            self.docker.stop_container(&details.id, Some(options)).await
-        };
-        let outcome = match stopped {
-            Ok(()) => match self.docker.inspect_container(&details.id, None).await {
-                Ok(inspected) => {
-                    let state = inspected.state.unwrap_or_default();
+            match self.docker.stop_container(&details.id, Some(options)).await {
+                Ok(()) => match self.docker.inspect_container(&details.id, None).await {
                     // 137 is 128 + SIGKILL: the engine had to kill it after the grace period.
-                    if state.exit_code == Some(137) && state.oom_killed != Some(true) {
-                        Termination::Forced
-                    } else {
-                        Termination::Graceful
-                    }
+                    Ok(inspected) => match inspected.state.unwrap_or_default() {
+                        state if state.exit_code == Some(137) && state.oom_killed != Some(true) => {
+                            Termination::Forced
+                        }
+                        _ => Termination::Graceful,
+                    },
+                    Err(_) => Termination::Graceful,
+                },
+                // 304: it had stopped already.
+                Err(error) if status_of(&error) == Some(304) => Termination::AlreadyGone,
+                Err(error) if status_of(&error) == Some(404) => {
+                    self.deaths.lock().remove(&details.id);
+                    return Ok(Termination::AlreadyGone);
                 }
-                Err(_) => Termination::Graceful,
-            },
-            // 304: it had stopped already.
-            Err(error) if status_of(&error) == Some(304) => Termination::AlreadyGone,
-            Err(error) if status_of(&error) == Some(404) => {
-                self.deaths.lock().remove(&details.id);
-                return Ok(Termination::AlreadyGone);
-            }
-            Err(error) => {
-                tracing::warn!(target: "smgr::docker", container = %details.name, %error, "stopping failed; removing by force");
-                Termination::Forced
+                Err(error) => {
+                    tracing::warn!(target: "smgr::docker", container = %details.name, %error, "stopping failed; removing by force");
+                    Termination::Forced
+                }
             }
         };
         let removed = self.remove(&details.id).await;

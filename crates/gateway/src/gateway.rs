@@ -770,7 +770,8 @@ impl Sending {
 
 impl Drop for Sending {
     fn drop(&mut self) {
-        if Instant::now() >= self.deadline {
+        // Released (the usual case): no clock to read.
+        if self.lease.is_some() && Instant::now() >= self.deadline {
             self.mark_broken();
         }
     }
@@ -972,17 +973,16 @@ fn timeout(shared: &Shared) -> Response<Body> {
 /// What the gateway keeps per instance: its idle keep-alive connections, and the header values
 /// every request to it carries.
 struct Upstream {
-    /// `Host` on requests to the instance.
-    host: HeaderValue,
-    /// `X-Smgr-Instance` on its responses.
-    instance: HeaderValue,
+    headers: UpstreamHeaders,
     idle: Vec<SendRequest<Body>>,
 }
 
-/// The header values of an instance, which [`FunctionPool::connection`] hands out.
+/// The header values of an instance, made once and handed out with each connection to it.
 #[derive(Clone)]
 struct UpstreamHeaders {
+    /// `Host` on requests to the instance.
     host: HeaderValue,
+    /// `X-Smgr-Instance` on its responses.
     instance: HeaderValue,
 }
 
@@ -1002,11 +1002,7 @@ impl FunctionPool {
     ) -> Result<(SendRequest<Body>, UpstreamHeaders), BoxError> {
         loop {
             let kept = self.connections.lock().get_mut(&instance).and_then(|upstream| {
-                let headers = UpstreamHeaders {
-                    host: upstream.host.clone(),
-                    instance: upstream.instance.clone(),
-                };
-                upstream.idle.pop().map(|sender| (sender, headers))
+                upstream.idle.pop().map(|sender| (sender, upstream.headers.clone()))
             });
             let Some((mut sender, headers)) = kept else { break };
             if sender.ready().await.is_ok() {
@@ -1017,7 +1013,11 @@ impl FunctionPool {
         // that are gone meanwhile.
         let live: std::collections::HashSet<InstanceId> =
             self.pool.instances().into_iter().map(|status| status.id).collect();
-        self.connections.lock().retain(|id, _| live.contains(id));
+        let known = {
+            let mut connections = self.connections.lock();
+            connections.retain(|id, _| live.contains(id));
+            connections.get(&instance).map(|upstream| upstream.headers.clone())
+        };
         let stream = TcpStream::connect(address).await?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) =
@@ -1025,9 +1025,12 @@ impl FunctionPool {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let headers = UpstreamHeaders {
-            host: HeaderValue::from_str(&address.to_string())?,
-            instance: HeaderValue::from_str(&instance.0.to_string())?,
+        let headers = match known {
+            Some(headers) => headers,
+            None => UpstreamHeaders {
+                host: HeaderValue::from_str(&address.to_string())?,
+                instance: HeaderValue::from_str(&instance.0.to_string())?,
+            },
         };
         Ok((sender, headers))
     }
@@ -1093,11 +1096,7 @@ impl Relay {
             self.returns
                 .lock()
                 .entry(lease.id())
-                .or_insert_with(|| Upstream {
-                    host: headers.host.clone(),
-                    instance: headers.instance.clone(),
-                    idle: Vec::new(),
-                })
+                .or_insert_with(|| Upstream { headers: headers.clone(), idle: Vec::new() })
                 .idle
                 .push(sender);
         }
