@@ -6,7 +6,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backend_docker::{
     DockerBackend, DockerBackendConfig, DockerSpec, InjectedFile, Limits, OWNER_LABEL, POOL_LABEL,
@@ -38,6 +38,12 @@ fn fixture(image: &str, args: &[&str]) -> DockerSpec {
     let mut command = vec!["--any-address"];
     command.extend_from_slice(args);
     DockerSpec::new(image).command(command).pull(PullPolicy::Never)
+}
+
+/// Kills a container behind the backend's back.
+async fn sigkill(backend: &DockerBackend, container: &str) {
+    let options = bollard::query_parameters::KillContainerOptions { signal: "SIGKILL".to_owned() };
+    backend.docker().kill_container(container, Some(options)).await.unwrap();
 }
 
 async fn leftovers(backend: &DockerBackend, scope: &Scope) -> usize {
@@ -141,16 +147,8 @@ async fn a_killed_container_is_dead_from_the_event_stream() {
     let function = FunctionSpec::new("victim", fixture(&image(&backend).await, &[])).unwrap();
     let instance = backend.launch(&function, InstanceId(0)).await.expect("launches");
     assert_eq!(backend.probe(&instance).await.unwrap(), Health::Alive);
-    let options = bollard::query_parameters::KillContainerOptions { signal: "SIGKILL".to_owned() };
-    backend.docker().kill_container(&instance.details().id, Some(options)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let health = loop {
-        let health = backend.probe(&instance).await.unwrap();
-        if health != Health::Alive || Instant::now() > deadline {
-            break health;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    sigkill(&backend, &instance.details().id).await;
+    let health = pool_core::testkit::wait_for_death(&backend, &instance).await;
     // Only the event stream knows the cause; inspecting would only see exit code 137.
     assert_eq!(health, Health::Dead("killed with SIGKILL".to_owned()));
     let ended = backend.terminate(instance, Duration::from_secs(1)).await.unwrap();
@@ -170,17 +168,9 @@ async fn without_the_event_stream_a_dead_container_is_found_by_inspecting() {
     let function = FunctionSpec::new("victim", fixture(&image(&backend).await, &[])).unwrap();
     let instance = backend.launch(&function, InstanceId(0)).await.expect("launches");
     assert_eq!(backend.probe(&instance).await.unwrap(), Health::Alive);
-    let options = bollard::query_parameters::KillContainerOptions { signal: "SIGKILL".to_owned() };
-    backend.docker().kill_container(&instance.details().id, Some(options)).await.unwrap();
+    sigkill(&backend, &instance.details().id).await;
     // No events: a probe inspects, and sees the exit once the engine has recorded it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let health = loop {
-        let health = backend.probe(&instance).await.unwrap();
-        if health != Health::Alive || Instant::now() > deadline {
-            break health;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let health = pool_core::testkit::wait_for_death(&backend, &instance).await;
     assert_eq!(health, Health::Dead("the container exited with code 137".to_owned()));
     let ended = backend.terminate(instance, Duration::from_secs(1)).await.unwrap();
     assert_eq!(ended, pool_core::Termination::AlreadyGone, "not counted as a forced stop");

@@ -804,16 +804,15 @@ max_instances = 1
     assert_ne!(instance(), first, "the instance stuck on a request is replaced");
 }
 
-/// The engine's view of a pool: its containers, of every owner, as `(owner, state)`.
-fn containers_of(runtime: &tokio::runtime::Runtime, pool: &str) -> Vec<(String, String)> {
+/// The engine's view of the backend's pool: its containers, of every owner, as
+/// `(owner, state)`.
+fn containers_of(
+    runtime: &tokio::runtime::Runtime,
+    backend: &backend_docker::DockerBackend,
+) -> Vec<(String, String)> {
+    let pool = &pool_core::Backend::scope(backend).pool;
     runtime.block_on(async {
-        let scope = pool_core::Scope::current(pool_core::PoolName::new(pool).unwrap());
-        let backend = backend_docker::DockerBackend::connect(
-            backend_docker::DockerBackendConfig::new(scope.clone()),
-        )
-        .await
-        .unwrap();
-        let containers = backend.containers_of(&scope.pool, None).await.unwrap();
+        let containers = backend.containers_of(pool, None).await.unwrap();
         containers.into_iter().map(|container| (container.owner, container.state)).collect()
     })
 }
@@ -823,19 +822,15 @@ fn docker_functions_are_served_and_a_sigkilled_gateway_leaves_nothing_after_a_re
     if backend_docker::testkit::skip_without_engine("docker_functions_are_served...") {
         return;
     }
+    let pool = format!("t{}-docker", std::process::id());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let image = runtime.block_on(async {
-        let scope = pool_core::Scope::current(pool_core::PoolName::new("image").unwrap());
-        let backend =
-            backend_docker::DockerBackend::connect(backend_docker::DockerBackendConfig::new(scope))
-                .await
-                .unwrap();
-        backend_docker::testkit::fixture_image(
-            backend.docker(),
-            Path::new(env!("CARGO_TARGET_TMPDIR")),
-        )
-        .await
-        .unwrap()
+    let scope = pool_core::Scope::current(pool_core::PoolName::new(&pool).unwrap());
+    let (backend, image) = runtime.block_on(async {
+        let config = backend_docker::DockerBackendConfig::new(scope);
+        let backend = backend_docker::DockerBackend::connect(config).await.unwrap();
+        let work_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let image = backend_docker::testkit::fixture_image(backend.docker(), work_dir).await;
+        (backend, image.unwrap())
     });
     let config = r#"
 [server]
@@ -851,7 +846,6 @@ min_instances = 2
 max_instances = 2
 "#
     .replace("{image}", &image);
-    let pool = format!("t{}-docker", std::process::id());
     let mut first = start("docker", &config, &[]);
     let (code, headers, body) = exchange(
         first.address,
@@ -864,21 +858,21 @@ max_instances = 2
     let (_, pools) = get(&first, "/admin/pools");
     assert!(pools.contains(r#""backend":"docker""#), "{pools}");
     let first_owner = pool_core::OwnerId::of_process(first.child.id()).unwrap().to_string();
-    let running = containers_of(&runtime, &pool);
+    let running = containers_of(&runtime, &backend);
     assert_eq!(running.len(), 2, "{running:?}");
     assert!(running.iter().all(|(owner, state)| *owner == first_owner && state == "running"));
 
     // SIGKILL: the gateway cannot clean up; its containers keep running.
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    let left = containers_of(&runtime, &pool);
+    let left = containers_of(&runtime, &backend);
     assert_eq!(left.len(), 2, "the killed gateway's containers are still there: {left:?}");
 
     // The next gateway of the same pool removes them at start and runs its own.
     let second = start("docker", &config, &[]);
     let second_owner = pool_core::OwnerId::of_process(second.child.id()).unwrap().to_string();
     wait_until(Duration::from_secs(30), || {
-        let now = containers_of(&runtime, &pool);
+        let now = containers_of(&runtime, &backend);
         now.len() == 2 && now.iter().all(|(owner, _)| *owner == second_owner)
     });
     assert_eq!(get(&second, "/fn/boxed/").0, 200);
@@ -889,7 +883,7 @@ max_instances = 2
     let mut second = second;
     let status = second.child.wait().unwrap();
     assert!(status.success(), "{status}");
-    let after = containers_of(&runtime, &pool);
+    let after = containers_of(&runtime, &backend);
     assert!(after.is_empty(), "nothing is left: {after:?}");
 }
 

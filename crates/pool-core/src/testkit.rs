@@ -249,7 +249,8 @@ pub async fn exited_instance_is_dead_and_replaced<T: Target>(target: &T) {
     assert_nothing_left(target, &scope).await;
 }
 
-async fn wait_for_death<B: Backend>(backend: &B, instance: &Instance<B::Details>) -> Health {
+/// Probes `instance` until it is no longer alive, for up to 10 s; the last health seen.
+pub async fn wait_for_death<B: Backend>(backend: &B, instance: &Instance<B::Details>) -> Health {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let health = backend.probe(instance).await.expect("probe works");
