@@ -50,6 +50,10 @@
 // A report tool: the ratio and percentile tables go to stdout, next to criterion's own output.
 #![allow(clippy::print_stdout)]
 
+mod common;
+
+use common::{quartiles, short};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -58,8 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backend_docker::{DockerBackend, DockerBackendConfig, DockerSpec, PullPolicy, Readiness};
-use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, Criterion, SamplingMode, criterion_group};
+use criterion::{Criterion, SamplingMode, criterion_group};
 use hdrhistogram::Histogram;
 use pool_core::testkit::http_get;
 use pool_core::{
@@ -172,22 +175,6 @@ fn two_workers() -> Runtime {
 
 fn current_thread() -> Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
-}
-
-/// Sample count, warm-up and measurement time (the latter counts only the timed part: cold
-/// start groups take about twice as long, teardown included).
-fn short(group: &mut BenchmarkGroup<'_, WallTime>, samples: usize, warm_up_ms: u64, ms: u64) {
-    group
-        .sample_size(samples)
-        .warm_up_time(Duration::from_millis(warm_up_ms))
-        .measurement_time(Duration::from_millis(ms));
-}
-
-/// The 25th, 50th and 75th percentiles of `values`.
-fn quartiles(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    (at(0.25), at(0.5), at(0.75))
 }
 
 // ---------------------------------------------------------------------------------------------

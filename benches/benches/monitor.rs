@@ -57,6 +57,10 @@
 // A report tool: the paired table goes to stdout, next to criterion's own output.
 #![allow(clippy::print_stdout)]
 
+mod common;
+
+use common::{quartiles, short};
+
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::sync::{Barrier, LazyLock, Mutex};
@@ -243,13 +247,6 @@ fn chunked(count: usize, chunk: usize, mut timed: impl FnMut(usize) -> Duration)
 /// `iters` as a count of records.
 fn count(iters: u64) -> usize {
     usize::try_from(iters).expect("iterations fit in usize")
-}
-
-fn short(group: &mut BenchmarkGroup<'_, WallTime>, samples: usize, warm_up_ms: u64, ms: u64) {
-    group
-        .sample_size(samples)
-        .warm_up_time(Duration::from_millis(warm_up_ms))
-        .measurement_time(Duration::from_millis(ms));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -818,13 +815,6 @@ fn repeated<'a, T>(
         }
         start.elapsed()
     })
-}
-
-/// The 25th, 50th and 75th percentiles of `values`.
-fn quartiles(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    (at(0.25), at(0.5), at(0.75))
 }
 
 /// A time in ns, in the unit that reads best.

@@ -40,6 +40,10 @@
 // A report tool: the fairness table goes to stdout, next to criterion's own output.
 #![allow(clippy::print_stdout)]
 
+mod common;
+
+use common::{quartiles, short};
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -358,15 +362,6 @@ fn two_workers() -> Runtime {
         .expect("a runtime")
 }
 
-/// Short runs: 104 contended cells must fit in a few minutes. Groups whose iterations are long
-/// (a batch, a run, a burst) add flat sampling, so that 10 or 20 samples need as many iterations.
-fn short(group: &mut BenchmarkGroup<'_, WallTime>, samples: usize, warm_up_ms: u64, ms: u64) {
-    group
-        .sample_size(samples)
-        .warm_up_time(Duration::from_millis(warm_up_ms))
-        .measurement_time(Duration::from_millis(ms));
-}
-
 /// Builds a pool on the first call only, so that benchmarks left out by a filter build nothing.
 fn lazily<S, F>(slot: &mut Option<S>, runtime: &Runtime, make: impl FnOnce() -> F) -> S
 where
@@ -664,13 +659,6 @@ async fn timed<S: Subject>(pool: &S, tasks: usize, rounds: usize, hold: Hold) ->
     let start = Instant::now();
     batch(pool, tasks, rounds, hold).await;
     start.elapsed()
-}
-
-/// The 25th, 50th and 75th percentiles of `values`.
-fn quartiles(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    (at(0.25), at(0.5), at(0.75))
 }
 
 criterion_group!(benches, uncontended, contended, paired, fairness, cold_burst);
