@@ -81,6 +81,7 @@ fn serve(stream: TcpStream, echo: bool) -> std::io::Result<()> {
         let mut headers = Vec::new();
         let mut length = 0usize;
         let mut close = false;
+        let mut chunked = false;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
@@ -90,14 +91,22 @@ fn serve(stream: TcpStream, echo: bool) -> std::io::Result<()> {
                 let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
                 match name.as_str() {
                     "content-length" => length = value.parse().unwrap_or(0),
+                    "transfer-encoding" => {
+                        chunked = value.to_ascii_lowercase().ends_with("chunked")
+                    }
                     "connection" => close = value.eq_ignore_ascii_case("close"),
                     _ => {}
                 }
                 headers.push((name, value));
             }
         }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
+        let body = if chunked {
+            read_chunked(&mut reader)?
+        } else {
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body)?;
+            body
+        };
         // `/sleep/{ms}` answers after that many milliseconds, for tests of slow requests.
         if let Some(ms) = target.strip_prefix("/sleep/").and_then(|ms| ms.parse::<u64>().ok()) {
             std::thread::sleep(Duration::from_millis(ms.min(60_000)));
@@ -126,6 +135,34 @@ fn serve(stream: TcpStream, echo: bool) -> std::io::Result<()> {
         writer.flush()?;
         if close {
             return Ok(());
+        }
+    }
+}
+
+/// A chunked request body, decoded; its trailers are read and dropped.
+fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
+    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunked body");
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let size = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| invalid())?;
+        if size == 0 {
+            loop {
+                let mut trailer = String::new();
+                if reader.read_line(&mut trailer)? == 0 || trailer.trim().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..])?;
+        let mut end = [0; 2];
+        reader.read_exact(&mut end)?;
+        if &end != b"\r\n" {
+            return Err(invalid());
         }
     }
 }

@@ -304,24 +304,24 @@ async fn log_events(function: String, mut events: tokio::sync::broadcast::Receiv
 }
 
 /// A function's pool and what the gateway keeps beside it.
-struct FunctionPool {
-    name: String,
-    pool: Pool<Manager>,
-    metrics: FunctionMetrics,
+pub(crate) struct FunctionPool {
+    pub(crate) name: String,
+    pub(crate) pool: Pool<Manager>,
+    pub(crate) metrics: FunctionMetrics,
     /// Idle keep-alive connections to each instance.
     connections: Connections,
 }
 
-struct FunctionMetrics {
-    duration: Histogram,
-    cold_starts: Counter,
+pub(crate) struct FunctionMetrics {
+    pub(crate) duration: Histogram,
+    pub(crate) cold_starts: Counter,
     launch_failures: Counter,
     waiting: Gauge,
     /// `smgr_requests{function, status}` by status code (100 to 599), registered on first use
     /// so that no request looks its counter up by labels.
     requests: Box<[OnceLock<Counter>]>,
     /// The function's handles in the monitor's request tracker.
-    endpoint: EndpointTracker,
+    pub(crate) endpoint: EndpointTracker,
 }
 
 /// The status codes a response may have.
@@ -329,7 +329,7 @@ const STATUS_CODES: std::ops::Range<u16> = 100..600;
 
 impl FunctionMetrics {
     /// Counts one response of `function` with `status`.
-    fn count_response(&self, registry: &Registry, function: &str, status: StatusCode) {
+    pub(crate) fn count_response(&self, registry: &Registry, function: &str, status: StatusCode) {
         let slot = usize::from(status.as_u16().saturating_sub(STATUS_CODES.start));
         let Some(slot) = self.requests.get(slot) else { return };
         let counter = match slot.get() {
@@ -348,16 +348,16 @@ impl FunctionMetrics {
     }
 }
 
-struct Shared {
-    functions: BTreeMap<String, FunctionPool>,
-    monitor: Monitor,
+pub(crate) struct Shared {
+    pub(crate) functions: BTreeMap<String, FunctionPool>,
+    pub(crate) monitor: Monitor,
     admin_token: Option<String>,
-    max_body: u64,
-    request_timeout: Duration,
+    pub(crate) max_body: u64,
+    pub(crate) request_timeout: Duration,
     shutdown_timeout: Duration,
-    next_request: AtomicU64,
+    pub(crate) next_request: AtomicU64,
     /// `smgr-<start time in hex>-`: request ids are this and a counter.
-    request_prefix: String,
+    pub(crate) request_prefix: String,
 }
 
 /// The gateway: serves its functions over HTTP. See the crate docs.
@@ -401,34 +401,31 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> ServeReport {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Every connection holds a receiver: set to `true`, it asks them to finish the request
+        // in flight and close; the sender is closed once all of them are gone.
+        let (stopping, _) = tokio::sync::watch::channel(false);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((stream, remote)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
-                    let shared = self.shared.clone();
                     let client = Arc::new(Client::new(remote));
-                    let service = service_fn(move |request| {
-                        let shared = shared.clone();
-                        let client = client.clone();
-                        async move { Ok::<_, Infallible>(handle(&shared, request, &client).await) }
-                    });
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
+                    tokio::spawn(crate::fast_path::serve(
+                        self.shared.clone(),
+                        stream,
+                        client,
+                        stopping.subscribe(),
+                    ));
                 }
                 () = &mut shutdown => break,
             }
         }
         drop(listener);
         tracing::info!("shutting down: no new connections; waiting for requests in flight");
+        let _ = stopping.send(true);
         let drained =
-            tokio::time::timeout(self.shared.shutdown_timeout, graceful.shutdown()).await.is_ok();
+            tokio::time::timeout(self.shared.shutdown_timeout, stopping.closed()).await.is_ok();
         let instances_destroyed = self.shutdown_pools(Duration::from_secs(5)).await;
         ServeReport { drained, instances_destroyed }
     }
@@ -445,10 +442,42 @@ impl Gateway {
     }
 }
 
+/// Serves the rest of a connection with hyper: every route, and the requests the fast path
+/// leaves (see [`crate::fast_path`]). Finishes the request in flight and closes once `shutdown`
+/// turns `true`.
+pub(crate) async fn serve_hyper(
+    shared: Arc<Shared>,
+    stream: crate::fast_path::Rewind,
+    client: Arc<Client>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| {
+        let shared = shared.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, request, &client).await) }
+    });
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let stop = async move {
+        let _ = shutdown.wait_for(|&stop| stop).await;
+        shutdown
+    };
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        shutdown = stop => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+            // Held until the connection ends: the gateway waits for every receiver to go.
+            drop(shutdown);
+        }
+    }
+}
+
 /// The client at the other end of a connection.
-struct Client {
+pub(crate) struct Client {
     /// Its IP address, as `X-Forwarded-For` carries it.
-    ip: String,
+    pub(crate) ip: String,
     /// The same as a header value.
     ip_header: Option<HeaderValue>,
 }
@@ -691,7 +720,7 @@ fn update_pool_gauges(shared: &Shared) {
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -734,7 +763,17 @@ async fn forward(
         Ok(response) => response,
         Err(_) => timeout(shared),
     };
-    let status = response.status();
+    record_response(shared, function, response.status(), started);
+    response
+}
+
+/// Counts a response of `function`, with its status and the time since the request `started`.
+pub(crate) fn record_response(
+    shared: &Shared,
+    function: &FunctionPool,
+    status: StatusCode,
+    started: Instant,
+) {
     let elapsed = started.elapsed();
     function.metrics.duration.record_duration(elapsed);
     function.metrics.count_response(shared.monitor.registry(), &function.name, status);
@@ -743,25 +782,28 @@ async fn forward(
         elapsed,
         !status.is_server_error(),
     );
-    response
 }
 
 /// A lease held while a request is on its way to the instance. Dropped unreleased after the
 /// request's deadline (the request timed out waiting for the instance's answer), the instance
 /// is stuck on the request and is replaced; dropped before (the client went away, or the
 /// request failed), it goes back to the pool unless it was marked broken.
-struct Sending {
+pub(crate) struct Sending {
     lease: Option<Lease<Manager>>,
     deadline: Instant,
 }
 
 impl Sending {
+    pub(crate) fn new(lease: Lease<Manager>, deadline: Instant) -> Self {
+        Self { lease: Some(lease), deadline }
+    }
+
     /// The lease, to give back normally.
-    fn release(mut self) -> Lease<Manager> {
+    pub(crate) fn release(mut self) -> Lease<Manager> {
         self.lease.take().expect("a lease is held until released")
     }
 
-    fn mark_broken(&mut self) {
+    pub(crate) fn mark_broken(&mut self) {
         if let Some(lease) = self.lease.as_mut() {
             lease.mark_broken();
         }
@@ -845,7 +887,7 @@ async fn forward_inner(
             );
         };
         let instance = lease.id();
-        let mut lease = Sending { lease: Some(lease), deadline: started + shared.request_timeout };
+        let mut lease = Sending::new(lease, started + shared.request_timeout);
         let (mut sender, upstream) = match function.connection(instance, address).await {
             Ok(connection) => connection,
             Err(cause) => {
@@ -937,7 +979,7 @@ fn body_too_large(cause: &hyper::Error) -> bool {
     false
 }
 
-fn pool_error(function: &FunctionPool, cause: PoolError) -> Response<Body> {
+pub(crate) fn pool_error(function: &FunctionPool, cause: PoolError) -> Response<Body> {
     let (status, code, retry) = match &cause {
         PoolError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full", true),
         PoolError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity", true),
@@ -962,7 +1004,7 @@ fn pool_error(function: &FunctionPool, cause: PoolError) -> Response<Body> {
     response
 }
 
-fn timeout(shared: &Shared) -> Response<Body> {
+pub(crate) fn timeout(shared: &Shared) -> Response<Body> {
     error(
         StatusCode::GATEWAY_TIMEOUT,
         "timeout",
@@ -975,18 +1017,26 @@ fn timeout(shared: &Shared) -> Response<Body> {
 struct Upstream {
     headers: UpstreamHeaders,
     idle: Vec<SendRequest<Body>>,
+    /// Idle connections of the fast path.
+    raw: Vec<TcpStream>,
 }
 
 /// The header values of an instance, made once and handed out with each connection to it.
 #[derive(Clone)]
-struct UpstreamHeaders {
+pub(crate) struct UpstreamHeaders {
     /// `Host` on requests to the instance.
-    host: HeaderValue,
+    pub(crate) host: HeaderValue,
     /// `X-Smgr-Instance` on its responses.
-    instance: HeaderValue,
+    pub(crate) instance: HeaderValue,
 }
 
 type Connections = Arc<Mutex<HashMap<InstanceId, Upstream>>>;
+
+impl Upstream {
+    fn new(headers: UpstreamHeaders) -> Self {
+        Self { headers, idle: Vec::new(), raw: Vec::new() }
+    }
+}
 
 impl FunctionPool {
     fn connections_handle(&self) -> Connections {
@@ -1009,6 +1059,21 @@ impl FunctionPool {
                 return Ok((sender, headers));
             }
         }
+        let (stream, headers) = self.connect_raw(instance, address).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((sender, headers))
+    }
+
+    /// A new connection to `instance`, and its header values.
+    pub(crate) async fn connect_raw(
+        &self,
+        instance: InstanceId,
+        address: SocketAddr,
+    ) -> Result<(TcpStream, UpstreamHeaders), BoxError> {
         // A new connection is rare (up to `concurrency` per instance): forget the instances
         // that are gone meanwhile.
         let live: std::collections::HashSet<InstanceId> =
@@ -1020,11 +1085,6 @@ impl FunctionPool {
         };
         let stream = TcpStream::connect(address).await?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         let headers = match known {
             Some(headers) => headers,
             None => UpstreamHeaders {
@@ -1032,7 +1092,44 @@ impl FunctionPool {
                 instance: HeaderValue::from_str(&instance.0.to_string())?,
             },
         };
-        Ok((sender, headers))
+        Ok((stream, headers))
+    }
+
+    /// A kept connection of the fast path to `instance`. With `check`, one the instance has
+    /// closed meanwhile is skipped (it costs a system call).
+    pub(crate) fn take_raw(
+        &self,
+        instance: InstanceId,
+        check: bool,
+    ) -> Option<(TcpStream, UpstreamHeaders)> {
+        let mut connections = self.connections.lock();
+        let upstream = connections.get_mut(&instance)?;
+        while let Some(stream) = upstream.raw.pop() {
+            let open = !check
+                || matches!(
+                    stream.try_read(&mut [0; 1]),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
+                );
+            if open {
+                return Some((stream, upstream.headers.clone()));
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection of the fast path to `instance` for the next request.
+    pub(crate) fn give_back_raw(
+        &self,
+        instance: InstanceId,
+        stream: TcpStream,
+        headers: UpstreamHeaders,
+    ) {
+        self.connections
+            .lock()
+            .entry(instance)
+            .or_insert_with(|| Upstream::new(headers))
+            .raw
+            .push(stream);
     }
 }
 
@@ -1096,7 +1193,7 @@ impl Relay {
             self.returns
                 .lock()
                 .entry(lease.id())
-                .or_insert_with(|| Upstream { headers: headers.clone(), idle: Vec::new() })
+                .or_insert_with(|| Upstream::new(headers.clone()))
                 .idle
                 .push(sender);
         }
@@ -1134,6 +1231,6 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
 }
 
 /// The JSON error every failure answers with.
-fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
     json(status, &serde_json::json!({ "error": { "code": code, "message": message } }))
 }

@@ -22,6 +22,7 @@
 mod any;
 pub mod config;
 pub mod demo;
+mod fast_path;
 mod gateway;
 
 pub use gateway::{
