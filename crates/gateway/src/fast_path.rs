@@ -29,7 +29,7 @@ use pool_core::Lease;
 
 use crate::any::AnyManager as Manager;
 use crate::gateway::{
-    Body, Client, FunctionPool, HOP_BY_HOP, Sending, Shared, UpstreamHeaders, error, pool_error,
+    Body, Client, FunctionPool, HOP_BY_HOP, Shared, UpstreamHeaders, error, function_route,
     record_response, serve_hyper, timeout,
 };
 
@@ -162,13 +162,8 @@ fn plan<'s>(shared: &'s Shared, client: &Client, buf: &[u8], out: &mut Vec<u8>) 
     if method == "CONNECT" {
         return Parsed::Delegate;
     }
-    let Some(rest) = path.strip_prefix("/fn/") else { return Parsed::Delegate };
-    let name_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(function) = shared.functions.get(&rest[..name_end]) else {
-        return Parsed::Delegate;
-    };
-    // What the instance sees: the path after the function's name, and the query.
-    let target = &rest[name_end..];
+    let Some((name, target)) = function_route(path) else { return Parsed::Delegate };
+    let Some(function) = shared.functions.get(name) else { return Parsed::Delegate };
     if target.starts_with('#') {
         return Parsed::Delegate;
     }
@@ -337,11 +332,17 @@ struct Answer {
     cold: bool,
     stream: TcpStream,
     headers: UpstreamHeaders,
+    head: Final,
+}
+
+/// A final answer's head, as read.
+#[derive(Debug)]
+struct Final {
     status: StatusCode,
     framing: Framing,
     /// The instance keeps the connection open after this answer.
     reusable: bool,
-    /// How much of `work.answer` the head took.
+    /// How much of the bytes read the head took.
     head_len: usize,
 }
 
@@ -377,7 +378,7 @@ async fn exchange(
             return write_response(stream, response, request_id, close, &mut work.out).await;
         }
     };
-    record_response(shared, function, answer.status, started);
+    record_response(shared, function, answer.head.status, started);
 
     // The head for the client, and as much of the body as came with it.
     let out = &mut work.out;
@@ -385,13 +386,13 @@ async fn exchange(
     put_header(out, b"x-smgr-instance", answer.headers.instance.as_bytes());
     let cold: &[u8] = if answer.cold { b"true" } else { b"false" };
     put_header(out, b"x-smgr-cold-start", cold);
-    let until_close = answer.framing == Framing::UntilClose;
+    let until_close = answer.head.framing == Framing::UntilClose;
     if close || until_close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let mut body = Relayed::new(answer.framing);
-    work.answer.advance(answer.head_len);
+    let mut body = Relayed::new(answer.head.framing);
+    work.answer.advance(answer.head.head_len);
     let mut sent_ok = true;
     let mut head_sent = false;
     loop {
@@ -431,7 +432,7 @@ async fn exchange(
         match answer.stream.read_buf(&mut work.answer).await {
             Ok(0) if until_close => {
                 body.finished();
-                answer.reusable = false;
+                answer.head.reusable = false;
             }
             Ok(0) | Err(_) => {
                 // The instance went away mid-answer: the client gets a cut answer.
@@ -442,7 +443,7 @@ async fn exchange(
         }
     }
     // Bytes past the end of the answer: the instance broke the protocol.
-    let reusable = answer.reusable && work.answer.is_empty();
+    let reusable = answer.head.reusable && work.answer.is_empty();
     work.answer.clear();
     if reusable {
         function.give_back_raw(answer.lease.id(), answer.stream, answer.headers);
@@ -462,23 +463,10 @@ async fn answer(
 ) -> Result<Answer, Box<Response<Body>>> {
     let function = plan.function;
     let arrived = SystemTime::now() - started.elapsed();
+    let deadline = started + shared.request_timeout;
     'attempts: for attempt in 0..2 {
-        let lease =
-            function.pool.acquire().await.map_err(|cause| Box::new(pool_error(function, cause)))?;
-        // Cold: the instance was launched for this request (after it arrived).
-        let cold = lease.created_at() >= arrived;
-        if cold {
-            function.metrics.cold_starts.inc();
-        }
-        let pool_core::Endpoint::Http(address) = lease.endpoint() else {
-            return Err(boxed_error(
-                StatusCode::BAD_GATEWAY,
-                "instance_failed",
-                "the instance has no HTTP endpoint".to_owned(),
-            ));
-        };
-        let instance = lease.id();
-        let mut lease = Sending::new(lease, started + shared.request_timeout);
+        let (mut lease, address, cold) = function.lease(arrived, deadline).await?;
+        let instance = lease.instance();
         // A kept connection first (checked for a close by the instance when the request
         // cannot be sent twice); a fresh one when it turns out closed.
         let mut kept = function.take_raw(instance, !plan.repeatable);
@@ -488,33 +476,18 @@ async fn answer(
                 None => match function.connect_raw(instance, address).await {
                     Ok((stream, headers)) => (stream, headers, false),
                     Err(cause) => {
+                        let response = lease.unreachable(function, &cause);
                         // Nothing was sent: any request may go to another instance.
-                        tracing::warn!(function = %function.name, %instance, %cause, "instance unreachable");
-                        lease.mark_broken();
                         if attempt == 0 {
                             continue 'attempts;
                         }
-                        return Err(boxed_error(
-                            StatusCode::BAD_GATEWAY,
-                            "instance_failed",
-                            format!("the instance did not accept a connection: {cause}"),
-                        ));
+                        return Err(Box::new(response));
                     }
                 },
             };
             match send(stream, &headers, plan, body, work).await {
-                Ok((stream, status, framing, reusable, head_len)) => {
-                    let lease = lease.release();
-                    return Ok(Answer {
-                        lease,
-                        cold,
-                        stream,
-                        headers,
-                        status,
-                        framing,
-                        reusable,
-                        head_len,
-                    });
+                Ok((stream, head)) => {
+                    return Ok(Answer { lease: lease.release(), cold, stream, headers, head });
                 }
                 // The instance closed a kept connection as the request went out (its idle
                 // timeout): it never saw the request; send it on a fresh connection.
@@ -525,26 +498,17 @@ async fn answer(
                 Err(Failed::Instance(cause)) => break cause,
             }
         };
-        tracing::warn!(function = %function.name, %instance, cause = %failure, "instance failed");
-        lease.mark_broken();
+        let response = lease.failed(function, &failure);
         if plan.repeatable && attempt == 0 {
             continue;
         }
-        return Err(boxed_error(
-            StatusCode::BAD_GATEWAY,
-            "instance_failed",
-            format!("the instance failed: {failure}"),
-        ));
+        return Err(Box::new(response));
     }
-    Err(boxed_error(
+    Err(Box::new(error(
         StatusCode::BAD_GATEWAY,
         "instance_failed",
         "no instance could take the request".to_owned(),
-    ))
-}
-
-fn boxed_error(status: StatusCode, code: &str, message: String) -> Box<Response<Body>> {
-    Box::new(error(status, code, message))
+    )))
 }
 
 /// Writes the request to `stream` and reads the answer's head, translated into `work.out`.
@@ -554,7 +518,7 @@ async fn send(
     plan: &Plan<'_>,
     body: &Bytes,
     work: &mut Work,
-) -> Result<(TcpStream, StatusCode, Framing, bool, usize), Failed> {
+) -> Result<(TcpStream, Final), Failed> {
     let out = &mut work.out;
     out.clear();
     out.extend_from_slice(&work.upstream_head);
@@ -586,9 +550,7 @@ async fn send(
                     // Passed on before the final answer's head.
                     work.answer.advance(length);
                 }
-                Head::Final { status, framing, reusable, head_len } => {
-                    return Ok((stream, status, framing, reusable, head_len));
-                }
+                Head::Final(head) => return Ok((stream, head)),
             }
         }
     }
@@ -599,12 +561,7 @@ enum Head {
     Invalid(&'static str),
     /// A 1xx answer of this length, copied to `out`; the final one follows.
     Informational(usize),
-    Final {
-        status: StatusCode,
-        framing: Framing,
-        reusable: bool,
-        head_len: usize,
-    },
+    Final(Final),
 }
 
 /// Reads an answer head from `buf` and appends the head for the client to `out`, without its
@@ -698,57 +655,53 @@ fn answer_head(buf: &[u8], head_only: bool, out: &mut Vec<u8>) -> Head {
     if framing == Framing::UntilClose {
         reusable = false;
     }
-    Head::Final { status, framing, reusable, head_len }
+    Head::Final(Final { status, framing, reusable, head_len })
 }
 
-/// Follows an answer's body as it is relayed, to know where it ends.
-struct Relayed {
-    framing: Framing,
+/// What is left of an answer's body as it is relayed, to know where it ends.
+enum Relayed {
+    Done,
     /// Bytes left of a `Content-Length` body.
-    left: u64,
-    chunks: Chunks,
-    done: bool,
+    Bytes(u64),
+    Chunks(Chunks),
+    UntilClose,
 }
 
 impl Relayed {
     fn new(framing: Framing) -> Self {
-        let left = match framing {
-            Framing::Length(length) => length,
-            _ => 0,
-        };
-        let done = framing == Framing::Empty || framing == Framing::Length(0);
-        Self { framing, left, chunks: Chunks::default(), done }
+        match framing {
+            Framing::Empty | Framing::Length(0) => Relayed::Done,
+            Framing::Length(length) => Relayed::Bytes(length),
+            Framing::Chunked => Relayed::Chunks(Chunks::default()),
+            Framing::UntilClose => Relayed::UntilClose,
+        }
     }
 
     /// How many bytes of `data` belong to the body; `Err` when a chunked body is malformed.
     fn take(&mut self, data: &[u8]) -> Result<usize, ()> {
-        if self.done {
-            return Ok(0);
-        }
-        match self.framing {
-            Framing::Empty => Ok(0),
-            Framing::Length(_) => {
-                let taken = data.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
-                self.left -= taken as u64;
-                self.done = self.left == 0;
-                Ok(taken)
+        let taken = match self {
+            Relayed::Done => 0,
+            Relayed::Bytes(left) => {
+                let taken = data.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= taken as u64;
+                taken
             }
-            Framing::Chunked => {
-                let (taken, done) = self.chunks.feed(data)?;
-                self.done = done;
-                Ok(taken)
-            }
-            Framing::UntilClose => Ok(data.len()),
+            Relayed::Chunks(chunks) => chunks.feed(data)?,
+            Relayed::UntilClose => data.len(),
+        };
+        if matches!(self, Relayed::Bytes(0) | Relayed::Chunks(Chunks::Done)) {
+            *self = Relayed::Done;
         }
+        Ok(taken)
     }
 
     fn done(&self) -> bool {
-        self.done
+        matches!(self, Relayed::Done)
     }
 
     /// The instance closed the connection: the end of an `UntilClose` body.
     fn finished(&mut self) {
-        self.done = true;
+        *self = Relayed::Done;
     }
 }
 
@@ -780,9 +733,9 @@ impl Default for Chunks {
 }
 
 impl Chunks {
-    /// Consumes `data` up to the end of the body; returns how much it took and whether the
-    /// body is complete. `Err` when the body is not valid chunked coding.
-    fn feed(&mut self, data: &[u8]) -> Result<(usize, bool), ()> {
+    /// Consumes `data` up to the end of the body (then the state is `Done`); returns how much
+    /// it took. `Err` when the body is not valid chunked coding.
+    fn feed(&mut self, data: &[u8]) -> Result<usize, ()> {
         let mut at = 0;
         while at < data.len() && *self != Chunks::Done {
             if let Chunks::Data(left) = *self {
@@ -816,7 +769,7 @@ impl Chunks {
                 _ => return Err(()),
             };
         }
-        Ok((at, *self == Chunks::Done))
+        Ok(at)
     }
 }
 
@@ -943,9 +896,8 @@ mod tests {
         let mut taken = 0;
         let mut start = 0;
         for &end in cuts.iter().chain(std::iter::once(&data.len())) {
-            let (took, done) = chunks.feed(&data[start..end])?;
-            taken += took;
-            if done {
+            taken += chunks.feed(&data[start..end])?;
+            if chunks == Chunks::Done {
                 return Ok((taken, true));
             }
             start = end;
@@ -993,7 +945,7 @@ mod tests {
     fn an_answer_head_loses_its_hop_by_hop_headers_and_says_how_its_body_ends() {
         let answer = b"HTTP/1.1 201 Made\r\nContent-Length: 3\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\n\r\nabc";
         let (parsed, out) = head(answer, false);
-        let Head::Final { status, framing, reusable, head_len } = parsed else {
+        let Head::Final(Final { status, framing, reusable, head_len }) = parsed else {
             panic!("a complete head")
         };
         assert_eq!(status, StatusCode::CREATED);
@@ -1007,21 +959,24 @@ mod tests {
 
         let (parsed, out) =
             head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false);
-        assert!(matches!(parsed, Head::Final { framing: Framing::Chunked, reusable: true, .. }));
+        assert!(matches!(
+            parsed,
+            Head::Final(Final { framing: Framing::Chunked, reusable: true, .. })
+        ));
         assert!(out.contains("Transfer-Encoding: gzip, chunked\r\n"), "{out}");
         assert!(out.contains("date: "), "a date is added when the instance sends none: {out}");
 
         let (parsed, _) = head(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", false);
         assert!(matches!(
             parsed,
-            Head::Final { framing: Framing::UntilClose, reusable: false, .. }
+            Head::Final(Final { framing: Framing::UntilClose, reusable: false, .. })
         ));
         let (parsed, _) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", false);
-        assert!(matches!(parsed, Head::Final { reusable: false, .. }), "HTTP/1.0 closes");
+        assert!(matches!(parsed, Head::Final(Final { reusable: false, .. })), "HTTP/1.0 closes");
         let (parsed, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", true);
-        assert!(matches!(parsed, Head::Final { framing: Framing::Empty, .. }), "HEAD");
+        assert!(matches!(parsed, Head::Final(Final { framing: Framing::Empty, .. })), "HEAD");
         let (parsed, _) = head(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n", false);
-        assert!(matches!(parsed, Head::Final { framing: Framing::Empty, .. }));
+        assert!(matches!(parsed, Head::Final(Final { framing: Framing::Empty, .. })));
         let (parsed, out) =
             head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200", false);
         assert!(matches!(parsed, Head::Informational(40)));

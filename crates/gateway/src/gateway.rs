@@ -496,8 +496,8 @@ async fn handle(
     request: Request<Incoming>,
     client: &Client,
 ) -> Response<Body> {
-    if let Some(rest) = request.uri().path().strip_prefix("/fn/") {
-        let name = rest.split_once('/').map_or(rest, |(name, _)| name);
+    let route = request.uri().path_and_query().and_then(|whole| function_route(whole.as_str()));
+    if let Some((name, target)) = route {
         let Some(function) = shared.functions.get(name) else {
             return error(
                 StatusCode::NOT_FOUND,
@@ -505,12 +505,10 @@ async fn handle(
                 format!("no function named `{name}`"),
             );
         };
-        // What the instance sees: the path after the function's name, and the query.
-        let prefix = "/fn/".len() + name.len();
-        let target = match request.uri().path_and_query().map(|whole| &whole.as_str()[prefix..]) {
-            Some(target) if target.starts_with('/') => http::Uri::try_from(target),
-            Some(target) => http::Uri::try_from(format!("/{target}")),
-            None => Ok(http::Uri::from_static("/")),
+        let target = if target.starts_with('/') {
+            http::Uri::try_from(target)
+        } else {
+            http::Uri::try_from(format!("/{target}"))
         };
         let Ok(target) = target else {
             return error(
@@ -533,6 +531,15 @@ async fn handle(
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}")),
     }
+}
+
+/// Splits `/fn/{name}...` (a path and its query) into the function's name and what its
+/// instance sees: the rest of the path and the query, which may lack its leading `/`. `None` for
+/// every other path.
+pub(crate) fn function_route(path_and_query: &str) -> Option<(&str, &str)> {
+    let rest = path_and_query.strip_prefix("/fn/")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(rest.split_at(end))
 }
 
 fn is_admin(path: &str) -> bool {
@@ -794,19 +801,49 @@ pub(crate) struct Sending {
 }
 
 impl Sending {
-    pub(crate) fn new(lease: Lease<Manager>, deadline: Instant) -> Self {
-        Self { lease: Some(lease), deadline }
-    }
-
     /// The lease, to give back normally.
     pub(crate) fn release(mut self) -> Lease<Manager> {
         self.lease.take().expect("a lease is held until released")
     }
 
-    pub(crate) fn mark_broken(&mut self) {
+    pub(crate) fn instance(&self) -> InstanceId {
+        self.lease.as_ref().expect("a lease is held until released").id()
+    }
+
+    fn mark_broken(&mut self) {
         if let Some(lease) = self.lease.as_mut() {
             lease.mark_broken();
         }
+    }
+
+    /// The instance did not accept a connection: it is replaced. Returns the answer for the
+    /// client when the request goes to no other instance.
+    pub(crate) fn unreachable(
+        &mut self,
+        function: &FunctionPool,
+        cause: &dyn std::fmt::Display,
+    ) -> Response<Body> {
+        let instance = self.instance();
+        tracing::warn!(function = %function.name, %instance, %cause, "instance unreachable");
+        self.mark_broken();
+        error(
+            StatusCode::BAD_GATEWAY,
+            "instance_failed",
+            format!("the instance did not accept a connection: {cause}"),
+        )
+    }
+
+    /// The instance failed the request: it is replaced. Returns the answer for the client when
+    /// the request is not retried.
+    pub(crate) fn failed(
+        &mut self,
+        function: &FunctionPool,
+        cause: &dyn std::fmt::Display,
+    ) -> Response<Body> {
+        let instance = self.instance();
+        tracing::warn!(function = %function.name, %instance, %cause, "instance failed");
+        self.mark_broken();
+        error(StatusCode::BAD_GATEWAY, "instance_failed", format!("the instance failed: {cause}"))
     }
 }
 
@@ -870,39 +907,21 @@ async fn forward_inner(
     let arrived = SystemTime::now() - started.elapsed();
 
     for attempt in 0..2 {
-        let lease = match function.pool.acquire().await {
-            Err(cause) => return pool_error(function, cause),
-            Ok(lease) => lease,
+        let deadline = started + shared.request_timeout;
+        let (mut lease, address, cold) = match function.lease(arrived, deadline).await {
+            Ok(leased) => leased,
+            Err(response) => return *response,
         };
-        // Cold: the instance was launched for this request (after it arrived).
-        let cold = lease.created_at() >= arrived;
-        if cold {
-            function.metrics.cold_starts.inc();
-        }
-        let Endpoint::Http(address) = lease.endpoint() else {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "instance_failed",
-                "the instance has no HTTP endpoint".to_owned(),
-            );
-        };
-        let instance = lease.id();
-        let mut lease = Sending::new(lease, started + shared.request_timeout);
+        let instance = lease.instance();
         let (mut sender, upstream) = match function.connection(instance, address).await {
             Ok(connection) => connection,
             Err(cause) => {
+                let response = lease.unreachable(function, &cause);
                 // Nothing was sent: any request may go to another instance.
-                tracing::warn!(function = %function.name, %instance, %cause, "instance unreachable");
-                lease.mark_broken();
-                drop(lease);
                 if attempt == 0 {
                     continue;
                 }
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "instance_failed",
-                    format!("the instance did not accept a connection: {cause}"),
-                );
+                return response;
             }
         };
         let mut request = Request::new(if repeatable {
@@ -947,17 +966,11 @@ async fn forward_inner(
                         format!("the body is larger than the limit of {} bytes", shared.max_body),
                     );
                 }
-                tracing::warn!(function = %function.name, %instance, %cause, "instance failed");
-                lease.mark_broken();
-                drop(lease);
+                let response = lease.failed(function, &cause);
                 if repeatable && attempt == 0 {
                     continue;
                 }
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "instance_failed",
-                    format!("the instance failed: {cause}"),
-                );
+                return response;
             }
         }
     }
@@ -1041,6 +1054,29 @@ impl Upstream {
 impl FunctionPool {
     fn connections_handle(&self) -> Connections {
         self.connections.clone()
+    }
+
+    /// A lease on an instance for a request that `arrived` then, held until `deadline` (see
+    /// [`Sending`]); with the instance's address, and whether it was launched for this request
+    /// (a cold start, counted). The error is the answer for the client.
+    pub(crate) async fn lease(
+        &self,
+        arrived: SystemTime,
+        deadline: Instant,
+    ) -> Result<(Sending, SocketAddr, bool), Box<Response<Body>>> {
+        let lease = self.pool.acquire().await.map_err(|cause| Box::new(pool_error(self, cause)))?;
+        let cold = lease.created_at() >= arrived;
+        if cold {
+            self.metrics.cold_starts.inc();
+        }
+        let Endpoint::Http(address) = lease.endpoint() else {
+            return Err(Box::new(error(
+                StatusCode::BAD_GATEWAY,
+                "instance_failed",
+                "the instance has no HTTP endpoint".to_owned(),
+            )));
+        };
+        Ok((Sending { lease: Some(lease), deadline }, address, cold))
     }
 
     /// A ready connection to `instance`, a kept one or a new one, and the instance's header
