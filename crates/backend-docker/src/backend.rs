@@ -40,6 +40,15 @@ pub const INSTANCE_LABEL: &str = "smgr.instance";
 /// The engine's socket when neither the config nor `DOCKER_HOST` names one.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
+/// The engine's address: `configured`, else `DOCKER_HOST` when set and not empty, else
+/// [`DEFAULT_HOST`].
+pub(crate) fn engine_host(configured: Option<&str>) -> String {
+    configured
+        .map(str::to_owned)
+        .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|host| !host.is_empty()))
+        .unwrap_or_else(|| DEFAULT_HOST.to_owned())
+}
+
 /// How long the TCP readiness check holds a connection to see that the function keeps it.
 const TCP_HOLD: Duration = Duration::from_millis(20);
 
@@ -168,11 +177,7 @@ impl DockerBackend {
     /// An engine that does not answer gives [`BackendError::Unavailable`] naming the address
     /// tried.
     pub async fn connect(config: DockerBackendConfig) -> Result<Self, BackendError> {
-        let host = config
-            .host
-            .clone()
-            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|host| !host.is_empty()))
-            .unwrap_or_else(|| DEFAULT_HOST.to_owned());
+        let host = engine_host(config.host.as_deref());
         let unavailable = |reason: String, source: Option<DockerError>| BackendError::Unavailable {
             backend: "docker".to_owned(),
             reason,
@@ -213,12 +218,10 @@ impl DockerBackend {
         let deaths = Deaths::default();
         let watching = Arc::new(AtomicBool::new(false));
         let watcher = config.follow_events.then(|| {
-            tokio::spawn(watch_events(
-                docker.clone(),
-                config.scope.pool.clone(),
-                deaths.clone(),
-                watching.clone(),
-            ))
+            // This backend's own containers only: deaths of other owners' containers in the
+            // pool would be recorded and never forgotten.
+            let labels = scope_labels(&config.scope.pool, Some(&config.scope.owner));
+            tokio::spawn(watch_events(docker.clone(), labels, deaths.clone(), watching.clone()))
         });
         Ok(Self {
             docker,
@@ -249,13 +252,9 @@ impl DockerBackend {
         pool: &PoolName,
         owner: Option<&OwnerId>,
     ) -> Result<Vec<ContainerInfo>, BackendError> {
-        let mut labels = vec![format!("{POOL_LABEL}={}", pool.as_str())];
-        if let Some(owner) = owner {
-            labels.push(format!("{OWNER_LABEL}={owner}"));
-        }
         let options = ListContainersOptions {
             all: true,
-            filters: Some(HashMap::from([("label".to_owned(), labels)])),
+            filters: Some(HashMap::from([("label".to_owned(), scope_labels(pool, owner))])),
             ..Default::default()
         };
         let listed = self.docker.list_containers(Some(options)).await.map_err(|error| {
@@ -576,27 +575,24 @@ impl DockerBackend {
         let mut pause = Duration::from_millis(2);
         let mut last;
         loop {
+            let checked = match &spec.readiness {
+                Readiness::Tcp => http::tcp_open(address, TCP_HOLD).await,
+                Readiness::Http(path) => {
+                    pool_core::probe::http_ok(address, path, Duration::from_secs(1)).await
+                }
+            };
+            match checked {
+                Ok(()) => return Ok(address),
+                Err(error) => last = error,
+            }
+            // Only a failed attempt asks whether the container is still there: one that
+            // answered is.
             if let Some(reason) = self.death(id).await {
                 return Err(BackendError::ExitedBeforeReady {
                     function: function.name.to_string(),
                     status: reason,
                     stderr_tail: self.log_tail(id, 10).await,
                 });
-            }
-            let checked = match &spec.readiness {
-                Readiness::Tcp => http::tcp_open(address, TCP_HOLD).await,
-                Readiness::Http(path) => {
-                    match pool_core::probe::http_status(address, path, Duration::from_secs(1)).await
-                    {
-                        Ok(code) if (200..300).contains(&code) => Ok(()),
-                        Ok(code) => Err(format!("GET {path} answered {code}")),
-                        Err(error) => Err(error),
-                    }
-                }
-            };
-            match checked {
-                Ok(()) => return Ok(address),
-                Err(error) => last = error,
             }
             if Instant::now() + pause >= deadline {
                 return Err(BackendError::NotReady {
@@ -612,14 +608,29 @@ impl DockerBackend {
     }
 }
 
-/// Follows the engine's events about the pool's containers and records deaths; reconnects
-/// after a second when the stream breaks, asking again for what happened meanwhile.
-async fn watch_events(docker: Docker, pool: PoolName, deaths: Deaths, watching: Arc<AtomicBool>) {
+/// The engine's label filter for the containers of `pool`, of every owner or of `owner` alone
+/// (every label of a filter must match).
+fn scope_labels(pool: &PoolName, owner: Option<&OwnerId>) -> Vec<String> {
+    let mut labels = vec![format!("{POOL_LABEL}={}", pool.as_str())];
+    if let Some(owner) = owner {
+        labels.push(format!("{OWNER_LABEL}={owner}"));
+    }
+    labels
+}
+
+/// Follows the engine's events about the containers with `labels` and records deaths;
+/// reconnects after a second when the stream breaks, asking again for what happened meanwhile.
+async fn watch_events(
+    docker: Docker,
+    labels: Vec<String>,
+    deaths: Deaths,
+    watching: Arc<AtomicBool>,
+) {
     let mut since = unix_seconds().saturating_sub(1);
     loop {
         let filters = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
-            ("label".to_owned(), vec![format!("{POOL_LABEL}={}", pool.as_str())]),
+            ("label".to_owned(), labels.clone()),
             ("event".to_owned(), vec!["die".to_owned(), "oom".to_owned(), "kill".to_owned()]),
         ]);
         let options =
@@ -648,7 +659,8 @@ fn record_death(deaths: &Deaths, event: &EventMessage) {
     }
     let Some(actor) = &event.actor else { return };
     let Some(id) = &actor.id else { return };
-    let attributes = actor.attributes.clone().unwrap_or_default();
+    let no_attributes = HashMap::new();
+    let attributes = actor.attributes.as_ref().unwrap_or(&no_attributes);
     let reason = match event.action.as_deref() {
         Some("die") => {
             let code = attributes.get("exitCode").and_then(|code| code.parse().ok());
@@ -846,9 +858,8 @@ impl Backend for DockerBackend {
             (&details.readiness, instance.endpoint())
         {
             return Ok(
-                match pool_core::probe::http_status(address, path, Duration::from_secs(2)).await {
-                    Ok(code) if (200..300).contains(&code) => Health::Alive,
-                    Ok(code) => Health::Dead(format!("GET {path} answered {code}")),
+                match pool_core::probe::http_ok(address, path, Duration::from_secs(2)).await {
+                    Ok(()) => Health::Alive,
                     Err(error) => Health::Dead(error),
                 },
             );

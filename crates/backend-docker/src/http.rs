@@ -1,5 +1,5 @@
 //! The TCP readiness check on a container's published port, which sees through the engine's
-//! port proxy (the HTTP check is pool-core's `probe::http_status`).
+//! port proxy (the HTTP check is pool-core's `probe::http_ok`).
 
 use std::net::SocketAddr;
 use std::time::Duration;

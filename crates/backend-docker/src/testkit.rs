@@ -14,7 +14,6 @@ use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 
-use crate::backend::DEFAULT_HOST;
 use crate::tar::TarBuilder;
 
 /// The fixture function's source: the process backend's `smgr-fixture`, std only.
@@ -27,10 +26,7 @@ pub fn required() -> bool {
 
 /// The engine's address as the backend would pick it without a configured host.
 pub fn engine_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| DEFAULT_HOST.to_owned())
+    crate::backend::engine_host(None)
 }
 
 /// Whether an engine answers `GET /_ping` at [`engine_host`]; why not, when it does not.

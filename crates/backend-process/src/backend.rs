@@ -620,13 +620,7 @@ async fn ready(
                 Err(_) => Err(format!("connect took longer than {timeout:?}")),
             }
         }
-        Readiness::Http(path) => {
-            match pool_core::probe::http_status(address, path, timeout).await {
-                Ok(code) if (200..300).contains(&code) => Ok(()),
-                Ok(code) => Err(format!("GET {path} answered {code}")),
-                Err(error) => Err(error),
-            }
-        }
+        Readiness::Http(path) => pool_core::probe::http_ok(address, path, timeout).await,
     }
 }
 

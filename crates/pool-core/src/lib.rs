@@ -70,7 +70,7 @@
 //!
 //! # Feature flags
 //!
-//! - `probe`: [`probe::http_status`], the `GET` status check that backends use for readiness
+//! - `probe`: [`probe::http_ok`], the `GET` answers-2xx check that backends use for readiness
 //!   and liveness.
 //! - `testkit`: the backend conformance suite ([`testkit`]) that every backend's tests run.
 

@@ -8,15 +8,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// `GET path` on `address`; the status code, or what went wrong.
-pub async fn http_status(
-    address: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> Result<u16, String> {
-    tokio::time::timeout(timeout, exchange(address, path))
+/// `GET path` on `address` answers 2xx; otherwise what went wrong, or the status it answered.
+pub async fn http_ok(address: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    let code = tokio::time::timeout(timeout, exchange(address, path))
         .await
-        .map_err(|_| format!("GET {path} got no answer within {timeout:?}"))?
+        .map_err(|_| format!("GET {path} got no answer within {timeout:?}"))??;
+    if (200..300).contains(&code) { Ok(()) } else { Err(format!("GET {path} answered {code}")) }
 }
 
 async fn exchange(address: SocketAddr, path: &str) -> Result<u16, String> {

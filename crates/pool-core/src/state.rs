@@ -283,9 +283,9 @@ pub(crate) struct State<T> {
     pub(crate) destroying: usize,
     pub(crate) leased: usize,
     consecutive_failures: u32,
-    /// The error of the last create, while creates fail (cleared by a success).
-    last_create_error: Option<Error>,
-    backoff_until: Option<Instant>,
+    /// While creates fail (cleared by a success): when the next may start, and the last one's
+    /// error.
+    backoff: Option<(Instant, Error)>,
     pub(crate) closed: bool,
     pub(crate) counters: PoolCounters,
     waits: WaitHistogram,
@@ -309,8 +309,7 @@ impl<T> State<T> {
             destroying: 0,
             leased: 0,
             consecutive_failures: 0,
-            last_create_error: None,
-            backoff_until: None,
+            backoff: None,
             closed: false,
             counters: PoolCounters::default(),
             waits: WaitHistogram::default(),
@@ -318,6 +317,11 @@ impl<T> State<T> {
             next_health_check,
             maintenance_due: None,
         }
+    }
+
+    /// When the creates' backoff ends, while it runs.
+    fn backing_off(&self, now: Instant) -> Option<Instant> {
+        self.backoff.as_ref().map(|(until, _)| *until).filter(|until| now < *until)
     }
 
     /// Acquires in the queue.
@@ -451,8 +455,8 @@ impl<T> State<T> {
         }
         // Nothing could serve it before the backoff ends — no instance, none being created —
         // and creates keep failing: waiting would end in a timeout that hides why. Say why now.
-        if let Some(error) = &self.last_create_error
-            && self.backoff_until.is_some_and(|until| now < until)
+        if let Some((until, error)) = &self.backoff
+            && now < *until
             && self.size == self.retiring
             && self.creating == 0
         {
@@ -608,7 +612,7 @@ impl<T> State<T> {
     /// How many creates to start now for the waiters and the warm minimum; counts them as
     /// running.
     pub(crate) fn creates_needed(&mut self, now: Instant) -> usize {
-        if self.closed || self.backoff_until.is_some_and(|until| now < until) {
+        if self.closed || self.backing_off(now).is_some() {
             return 0;
         }
         let concurrency = self.config.concurrency;
@@ -632,8 +636,7 @@ impl<T> State<T> {
     ) {
         self.creating -= 1;
         self.consecutive_failures = 0;
-        self.last_create_error = None;
-        self.backoff_until = None;
+        self.backoff = None;
         self.counters.created += 1;
         let slot = Slot {
             id,
@@ -659,8 +662,6 @@ impl<T> State<T> {
         self.consecutive_failures += 1;
         self.counters.create_failures += 1;
         let backoff = self.config.backoff_after(self.consecutive_failures);
-        self.backoff_until = Some(now + backoff);
-        self.last_create_error = Some(error.clone());
         // The waiters this create would have served: those beyond what the creates still
         // running can serve, at most one instance's worth, in service order.
         let concurrency = self.config.concurrency;
@@ -681,6 +682,7 @@ impl<T> State<T> {
             backoff,
         });
         effects.rare().wake_maintenance = true;
+        self.backoff = Some((now + backoff, error));
     }
 
     // -----------------------------------------------------------------------------------------
@@ -817,7 +819,7 @@ impl<T> State<T> {
 
         // Creates for the waiters and the warm minimum, after the backoff if one runs.
         effects.add_creates(self.creates_needed(now));
-        if let Some(until) = self.backoff_until.filter(|until| now < *until) {
+        if let Some(until) = self.backing_off(now) {
             let live = self.size - self.retiring + self.creating;
             if self.waiters.len > 0 || live < self.config.min {
                 due(until);
