@@ -173,6 +173,11 @@ pub enum PullPolicy {
     Always,
 }
 
+impl InjectedFile {
+    /// The mode of a file that names none: `0o644`.
+    pub const DEFAULT_MODE: u32 = 0o644;
+}
+
 impl DockerSpec {
     /// A spec running `image` with every default.
     pub fn new(image: impl Into<String>) -> Self {
@@ -237,7 +242,7 @@ fn default_true() -> bool {
 }
 
 fn default_mode() -> u32 {
-    0o644
+    InjectedFile::DEFAULT_MODE
 }
 
 #[cfg(test)]

@@ -1087,18 +1087,54 @@ pub struct ResolvedFunction {
 
 /// The docker spec of a `docker` function, checked already; file sources resolve against
 /// `base_dir`.
+/// The process spec of a process function, paths resolved against `base_dir`. Its command is
+/// not empty: the config was validated.
+fn process_spec(
+    function: &FunctionConfig,
+    settings: &FunctionDefaults,
+    base_dir: &Path,
+) -> ProcessSpec {
+    let (program, args) = function
+        .command
+        .as_deref()
+        .unwrap_or_default()
+        .split_first()
+        .expect("a validated process function has a command");
+    let program = if program.contains('/') {
+        normalize(&base_dir.join(program))
+    } else {
+        PathBuf::from(program)
+    };
+    let working_dir = match &function.working_dir {
+        Some(dir) => normalize(&base_dir.join(dir)),
+        None => base_dir.to_path_buf(),
+    };
+    ProcessSpec {
+        args: args.to_vec(),
+        env: function.env.clone(),
+        working_dir: Some(working_dir),
+        readiness: function.readiness.clone().into(),
+        startup_timeout: settings.startup_timeout,
+        grace_period: Some(settings.grace_period),
+        socket_activation: function.socket_activation,
+        pass_env: function.pass_env.clone().unwrap_or_else(default_pass_env),
+        ..ProcessSpec::new(program)
+    }
+}
+
 fn docker_spec(
     function: &FunctionConfig,
     settings: &FunctionDefaults,
     base_dir: &Path,
 ) -> DockerSpec {
-    let defaults = backend_docker::Security::default();
+    let base = DockerSpec::new(function.image.clone().unwrap_or_default());
+    let defaults = &base.security;
     let security = function.security.clone().unwrap_or_default();
     let limits = function.limits.clone().unwrap_or_default();
     DockerSpec {
         command: function.command.clone().filter(|command| !command.is_empty()),
         env: function.env.clone(),
-        container_port: function.container_port.unwrap_or(8080),
+        container_port: function.container_port.unwrap_or(base.container_port),
         readiness: function.readiness.clone().into(),
         startup_timeout: settings.startup_timeout,
         grace_period: Some(settings.grace_period),
@@ -1124,13 +1160,13 @@ fn docker_spec(
                 path: file.path.clone(),
                 source: file.source.as_ref().map(|source| normalize(&base_dir.join(source))),
                 contents: file.contents.clone(),
-                mode: file.mode.unwrap_or(0o644),
+                mode: file.mode.unwrap_or(backend_docker::InjectedFile::DEFAULT_MODE),
             })
             .collect(),
-        pull: function.pull.map_or(backend_docker::PullPolicy::IfMissing, Into::into),
+        pull: function.pull.map_or(base.pull, Into::into),
         labels: function.labels.clone(),
-        init: function.init.unwrap_or(true),
-        ..DockerSpec::new(function.image.clone().unwrap_or_default())
+        init: function.init.unwrap_or(base.init),
+        ..base
     }
 }
 
@@ -1241,44 +1277,19 @@ impl Config {
                 ConfigError::new(dotted(&key_path(&["functions", name])), error.to_string())
             })?;
             let settings = function.settings(&self.defaults);
-            if function.backend == BackendKind::Docker {
-                resolved.push(ResolvedFunction {
-                    name,
-                    backend: function.backend,
-                    pool: pool_config(&settings),
-                    spec: BackendSpec::Docker(docker_spec(function, &settings, &base_dir)),
-                });
-                continue;
-            }
-            let (program, args) =
-                function.command.as_deref().unwrap_or_default().split_first().ok_or_else(|| {
-                    ConfigError::new(format!("functions.{name}.command"), "it is empty")
-                })?;
-            let program = if program.contains('/') {
-                normalize(&base_dir.join(program))
-            } else {
-                PathBuf::from(program)
-            };
-            let working_dir = match &function.working_dir {
-                Some(dir) => normalize(&base_dir.join(dir)),
-                None => base_dir.clone(),
-            };
-            let spec = ProcessSpec {
-                args: args.to_vec(),
-                env: function.env.clone(),
-                working_dir: Some(working_dir),
-                readiness: function.readiness.clone().into(),
-                startup_timeout: settings.startup_timeout,
-                grace_period: Some(settings.grace_period),
-                socket_activation: function.socket_activation,
-                pass_env: function.pass_env.clone().unwrap_or_else(default_pass_env),
-                ..ProcessSpec::new(program)
+            let spec = match function.backend {
+                BackendKind::Docker => {
+                    BackendSpec::Docker(docker_spec(function, &settings, &base_dir))
+                }
+                BackendKind::Process => {
+                    BackendSpec::Process(process_spec(function, &settings, &base_dir))
+                }
             };
             resolved.push(ResolvedFunction {
                 name,
                 backend: function.backend,
                 pool: pool_config(&settings),
-                spec: BackendSpec::Process(spec),
+                spec,
             });
         }
         Ok(resolved)

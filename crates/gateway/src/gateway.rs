@@ -89,18 +89,20 @@ pub struct GatewayBuilder {
 }
 
 impl Default for GatewayBuilder {
+    /// The defaults of a config file's `[server]` section.
     fn default() -> Self {
+        let server = crate::config::ServerConfig::default();
         Self {
             functions: Vec::new(),
-            pool: "smgr".to_owned(),
-            state_dir: None,
-            admin_token: None,
-            max_body: 6 * 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
-            shutdown_timeout: Duration::from_secs(30),
+            pool: server.pool,
+            state_dir: server.state_dir,
+            admin_token: server.admin_token,
+            max_body: server.max_body.bytes(),
+            request_timeout: server.request_timeout,
+            shutdown_timeout: server.shutdown_timeout,
             monitor: MonitorConfig::default(),
-            docker_host: None,
-            docker_max_concurrent_creates: 8,
+            docker_host: server.docker_host,
+            docker_max_concurrent_creates: server.docker_max_concurrent_creates,
         }
     }
 }

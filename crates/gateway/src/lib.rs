@@ -1,7 +1,7 @@
 //! The Serverless Managers gateway: the library behind the `smgr` binary.
 //!
 //! `smgr` puts warm pools of functions behind HTTP: an operator writes a config file naming the
-//! functions and their backends (worker, process, Docker, Kubernetes), runs `smgr serve`, and
+//! functions and their backends (OS processes or Docker containers), runs `smgr serve`, and
 //! every request to `/fn/{name}/...` is forwarded to a warm instance, with admin routes,
 //! Prometheus metrics and a graceful shutdown. This library holds the dispatch, the config and
 //! the HTTP server so that they can be embedded and tested without the binary.
@@ -11,7 +11,7 @@
 //! # Embedding
 //!
 //! [`Gateway::builder`] takes functions ([`FunctionSetup`]: a name, pool limits and a
-//! process spec), limits and an admin token; [`GatewayBuilder::start`] reaps what a dead
+//! process or Docker spec), limits and an admin token; [`GatewayBuilder::start`] reaps what a dead
 //! predecessor left and starts the pools; [`Gateway::serve`] serves HTTP on a listener until a
 //! shutdown future completes, then drains. [`config`] reads `smgr`'s config files.
 //!

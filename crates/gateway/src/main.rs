@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use gateway::config::Config;
+use gateway::config::{Config, ServerConfig};
 use gateway::{FunctionSetup, Gateway};
 
 /// A proxy allocates and frees a few buffers and header maps per request: mimalloc spends about
@@ -150,7 +150,7 @@ async fn serve(
     insecure_no_auth: bool,
 ) -> ExitCode {
     let mut builder = Gateway::builder();
-    let mut address: SocketAddr = ([127, 0, 0, 1], 8080).into();
+    let mut address = ServerConfig::DEFAULT_LISTEN;
     let mut token = std::env::var("SMGR_ADMIN_TOKEN").ok().filter(|token| !token.is_empty());
     match &config {
         None => {
