@@ -54,6 +54,13 @@ mod common;
 
 use common::{quartiles, short};
 
+#[path = "common/backends.rs"]
+mod backends;
+
+use backends::{
+    current_thread, time_acquires_and_shut_down, two_workers, warm_pool as warm_pool_of,
+};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -63,11 +70,8 @@ use std::time::{Duration, Instant};
 
 use backend_docker::{DockerBackend, DockerBackendConfig, DockerSpec, PullPolicy, Readiness};
 use criterion::{Criterion, SamplingMode, criterion_group};
-use hdrhistogram::Histogram;
 use pool_core::testkit::http_get;
-use pool_core::{
-    Backend, FunctionManager, FunctionSpec, InstanceId, Pool, PoolConfig, PoolName, Scope,
-};
+use pool_core::{Backend, FunctionManager, FunctionSpec, InstanceId, PoolName, Scope};
 use tokio::runtime::Runtime;
 
 /// The pool name stamped on every container the backend launches here.
@@ -163,18 +167,6 @@ fn assert_nothing_left(runtime: &Runtime, backend: &DockerBackend) {
     assert!(left.is_empty(), "containers of pool {POOL_NAME} left behind: {left:?}");
     let cli_left = cli_containers();
     assert!(cli_left.is_empty(), "CLI containers ({CLI_LABEL}) left behind: {cli_left:?}");
-}
-
-fn two_workers() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime")
-}
-
-fn current_thread() -> Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,23 +377,12 @@ fn cold_start(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // Warm acquire
 
-type DockerPool = Pool<FunctionManager<DockerBackend>>;
+type DockerPool = backends::BackendPool<DockerBackend>;
 
 /// A pool of `WARM` fixture containers, all ready and idle. Must run inside the runtime.
 async fn warm_pool(backend: Arc<DockerBackend>, image: &str) -> DockerPool {
     let manager = FunctionManager::new(backend, function(image)).expect("a valid spec");
-    let config = PoolConfig { min: WARM, max: WARM, ..PoolConfig::default() };
-    let pool = Pool::new(manager, config).expect("a valid config");
-    let start = Instant::now();
-    while pool.status().idle < WARM {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the pool did not get {WARM} idle instances in 60 s: {:?}",
-            pool.status()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    pool
+    warm_pool_of(manager, WARM, Duration::from_secs(60)).await
 }
 
 fn warm_acquire(c: &mut Criterion) {
@@ -425,53 +406,14 @@ fn warm_acquire(c: &mut Criterion) {
         return;
     };
 
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds");
-    runtime.block_on(async {
-        for _ in 0..HDR_ITERATIONS {
-            drop(pool.acquire().await.expect("a warm instance"));
-        }
-        for _ in 0..HDR_ITERATIONS {
-            let start = Instant::now();
-            let lease = pool.acquire().await.expect("a warm instance");
-            drop(lease);
-            latency.saturating_record(start.elapsed().as_nanos() as u64);
-        }
-    });
-    let status = pool.status();
-    let created = status.counters.created;
-    let report = runtime.block_on(pool.shutdown(Duration::from_secs(10)));
-    let terminations = pool.manager().terminations().clone();
-    drop(pool);
-    assert_nothing_left(&runtime, &backend);
-    assert_eq!(created, WARM as u64, "the warm instances were never replaced");
-
-    println!(
-        "\nwarm_acquire: {WARM} warm fixture containers, current-thread runtime, \
+    let title = format!(
+        "warm_acquire: {WARM} warm fixture containers, current-thread runtime, \
          {HDR_ITERATIONS} acquire + drop pairs timed one by one (HDR histogram); \
          no target (the process backend's: p50 <= 2000 ns)"
     );
-    println!("| p50 ns | p90 ns | p99 ns | p99.9 ns | max ns | mean ns |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {} | {} | {} | {} | {} | {:.0} |",
-        latency.value_at_quantile(0.5),
-        latency.value_at_quantile(0.9),
-        latency.value_at_quantile(0.99),
-        latency.value_at_quantile(0.999),
-        latency.max(),
-        latency.mean(),
-    );
-    println!(
-        "shutdown: {} instances destroyed in {:?} (graceful {}, forced {}, already gone {}, \
-         failed {})\n",
-        report.destroyed,
-        report.elapsed,
-        terminations.graceful(),
-        terminations.forced(),
-        terminations.already_gone(),
-        terminations.failed(),
-    );
+    let created = time_acquires_and_shut_down(&runtime, pool, HDR_ITERATIONS, &title);
+    assert_nothing_left(&runtime, &backend);
+    assert_eq!(created, WARM as u64, "the warm instances were never replaced");
 }
 
 criterion_group!(benches, cold_start, warm_acquire);
