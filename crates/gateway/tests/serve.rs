@@ -16,7 +16,6 @@ const SMGR: &str = env!("CARGO_BIN_EXE_smgr");
 struct Server {
     child: Child,
     address: SocketAddr,
-    dir: PathBuf,
 }
 
 impl Drop for Server {
@@ -44,6 +43,13 @@ fn scratch(name: &str) -> PathBuf {
 /// Starts `smgr serve` with `config` (TOML, `{smgr}` replaced by the binary's path, `{state}` by a
 /// state directory of its own) and waits until it listens and `ready` functions are ready.
 fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Server {
+    let server = spawn(name, config, env);
+    wait_until(Duration::from_secs(30), || get(&server, "/readyz").0 == 200);
+    server
+}
+
+/// Starts `smgr serve` as [`start`] does, without waiting for anything.
+fn spawn(name: &str, config: &str, env: &[(&str, &str)]) -> Server {
     let dir = scratch(name);
     let port = free_port();
     let config = config
@@ -68,9 +74,7 @@ fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Server {
         command.env(key, value);
     }
     let child = command.spawn().expect("smgr starts");
-    let server = Server { child, address: ([127, 0, 0, 1], port).into(), dir };
-    wait_until(Duration::from_secs(30), || get(&server, "/readyz").0 == 200);
-    server
+    Server { child, address: ([127, 0, 0, 1], port).into() }
 }
 
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
@@ -481,7 +485,6 @@ queue_limit = 100
             "instance {pid} still runs"
         );
     }
-    let _ = &server.dir;
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -513,26 +516,7 @@ command = ["sleep", "600"]
 min_instances = 1
 startup_timeout = "60s"
 "#;
-    let dir = scratch("readyz");
-    let port = free_port();
-    let config = config
-        .replace("{smgr}", SMGR)
-        .replace("{state}", dir.join("state").to_str().unwrap())
-        .replace("{pool}", &format!("t{}-readyz", std::process::id()));
-    let path = dir.join("smgr.toml");
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(SMGR)
-        .args([
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let server = Server { child, address: ([127, 0, 0, 1], port).into(), dir };
+    let server = spawn("readyz", config, &[]);
     wait_until(Duration::from_secs(30), || get(&server, "/healthz").0 == 200);
     wait_until(Duration::from_secs(30), || get(&server, "/fn/echo/").0 == 200);
     let (code, body) = get(&server, "/readyz");
@@ -701,7 +685,7 @@ fn without_a_config_the_demo_functions_are_served_and_logs_can_be_json() {
             .take_while(|line| !line.contains("smgr listening"))
             .collect::<Vec<_>>()
     });
-    let server = Server { child, address: ([127, 0, 0, 1], port).into(), dir: scratch("demo") };
+    let server = Server { child, address: ([127, 0, 0, 1], port).into() };
     wait_until(Duration::from_secs(30), || get(&server, "/readyz").0 == 200);
     let (code, body) = get(&server, "/fn/hello/world");
     assert_eq!(code, 200);
