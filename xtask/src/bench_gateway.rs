@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::system::{apt_get, find_program};
+
 /// The most p50 latency smgr may add over a direct connection, in microseconds.
 const ADDED_P50_TARGET_US: f64 = 100.0;
 /// The least throughput smgr may have, as a multiple of nginx's.
@@ -71,10 +73,11 @@ impl Options {
     }
 }
 
-const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
   bench-gateway [--rounds N] [--duration SECS] [--connections N] [--threads N] [--instances N]
                 smgr's proxy throughput and added latency vs direct and nginx, with wrk
-                (defaults: 3 rounds of 10 s, 32 connections, 2 threads, 4 instances)";
+                (defaults: 3 rounds of 10 s, 32 connections, 2 threads, 4 instances;
+                installs nginx and wrk with apt-get when missing)";
 
 fn parse_options(args: &[&str]) -> Result<Options, String> {
     let mut options = Options::default();
@@ -315,38 +318,18 @@ fn ensure_tools() -> Result<Tools, String> {
     Ok(Tools { nginx: found("nginx")?, wrk: found("wrk")? })
 }
 
-/// `program` on `PATH`, or in the sbin directories, where Debian puts nginx.
-fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
 /// `apt-get install -y packages`; then, if that fails, once more after `apt-get update`, and
 /// with `nginx` in place of `nginx-light`, which not every Debian release has.
 fn install(packages: &[&str]) -> Result<(), String> {
     let attempt = |packages: &[&str]| -> bool {
-        note(&format!("installing {} with apt-get", packages.join(" ")));
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
+        let mut args = vec!["install", "-y", "--no-install-recommends"];
+        args.extend_from_slice(packages);
+        apt_get(&args).is_ok()
     };
     if attempt(packages) {
         return Ok(());
     }
-    note("apt-get update");
-    let updated = Command::new("apt-get")
-        .arg("update")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if updated && attempt(packages) {
+    if apt_get(&["update"]).is_ok() && attempt(packages) {
         return Ok(());
     }
     let plain: Vec<&str> =

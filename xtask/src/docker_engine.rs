@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::system::{apt_get, find_program};
+
 /// The socket of the local engine when `DOCKER_HOST` is not set.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
@@ -85,7 +87,7 @@ fn ensure_local(root: &Path) -> Result<(), String> {
         note(&format!("already running at {endpoint}"));
         return Ok(());
     }
-    let dockerd = match find_dockerd() {
+    let dockerd = match find_program("dockerd") {
         Some(path) => path,
         None => {
             install_docker_io()?;
@@ -94,7 +96,7 @@ fn ensure_local(root: &Path) -> Result<(), String> {
                 note(&format!("running at {endpoint} after installing docker.io"));
                 return Ok(());
             }
-            find_dockerd()
+            find_program("dockerd")
                 .ok_or("dockerd is still missing after installing docker.io".to_owned())?
         }
     };
@@ -209,17 +211,6 @@ fn check_ping_answer(raw: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// `dockerd` in the sbin and bin directories, where Debian puts it, or on `PATH`.
-fn find_dockerd() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    ["/usr/sbin", "/usr/bin"]
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(std::env::split_paths(&path))
-        .map(|dir| dir.join("dockerd"))
-        .find(|candidate| candidate.is_file())
-}
-
 /// `apt-get update` and `apt-get install -y docker.io`, as root.
 fn install_docker_io() -> Result<(), String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -231,21 +222,8 @@ fn install_docker_io() -> Result<(), String> {
         ));
     }
     note("dockerd is missing; installing docker.io");
-    run_apt(&["update"])?;
-    run_apt(&["install", "-y", "docker.io"])
-}
-
-/// Runs `apt-get args`, non-interactively, showing the command.
-fn run_apt(args: &[&str]) -> Result<(), String> {
-    let shown = format!("apt-get {}", args.join(" "));
-    println!("$ DEBIAN_FRONTEND=noninteractive {shown}");
-    let status = Command::new("apt-get")
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|error| format!("could not run `{shown}`: {error}"))?;
-    if status.success() { Ok(()) } else { Err(format!("`{shown}` exited with {status}")) }
+    apt_get(&["update"])?;
+    apt_get(&["install", "-y", "docker.io"])
 }
 
 /// The effective user id on the `Uid:` line of `/proc/self/status` (real, effective, ...).

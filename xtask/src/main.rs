@@ -22,9 +22,10 @@ mod bench_gateway;
 mod bench_table;
 mod ci;
 mod docker_engine;
+mod system;
 mod tidy;
 
-const USAGE: &str = "\
+const COMMANDS: &str = "\
 usage: cargo xtask <command>
 
 commands:
@@ -33,11 +34,11 @@ commands:
   tidy          check the architecture invariants and print every violation
   bench-table [--vs PEER]
                 the latest criterion results as a markdown table, with the ratio of
-                ours to PEER (default deadpool)
-  bench-gateway [--rounds N] [--duration SECS] [--connections N] [--threads N] [--instances N]
-                smgr's proxy throughput and added latency vs direct and nginx, with wrk
-                (installs nginx and wrk with apt-get when missing)
-  help          print this message";
+                ours to PEER (default deadpool)";
+
+fn usage() -> String {
+    format!("{COMMANDS}\n  {}\n  help          print this message", bench_gateway::USAGE)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,15 +51,15 @@ fn main() -> ExitCode {
         ["bench-table", "--vs", peer] => bench_table::run(&workspace_root(), peer),
         ["bench-gateway", options @ ..] => bench_gateway::run(&workspace_root(), options),
         ["help" | "--help" | "-h"] => {
-            println!("{USAGE}");
+            println!("{}", usage());
             ExitCode::SUCCESS
         }
         [] => {
-            eprintln!("{USAGE}");
+            eprintln!("{}", usage());
             ExitCode::from(2)
         }
         other => {
-            eprintln!("xtask: unknown arguments `{}`\n\n{USAGE}", other.join(" "));
+            eprintln!("xtask: unknown arguments `{}`\n\n{}", other.join(" "), usage());
             ExitCode::from(2)
         }
     }
