@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio::sync::broadcast;
+
 use perf_monitor::{
     AlertConfig, AlertEvent, AlertMetric, AlertRule, Format, Monitor, MonitorConfig,
 };
@@ -15,9 +17,18 @@ fn config() -> MonitorConfig {
     MonitorConfig { alerts, ..MonitorConfig::default() }
 }
 
+/// Evaluates now and returns every event since the last call: the monitor's own task evaluates
+/// too, and may see a change first, so the events come from the subscription, not the return
+/// value. Each evaluation sends its events before it returns, so none is missed.
+fn evaluate(monitor: &Monitor, alerts: &mut broadcast::Receiver<AlertEvent>) -> Vec<AlertEvent> {
+    monitor.evaluate();
+    std::iter::from_fn(|| alerts.try_recv().ok()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_snapshot_has_the_predecessors_shape_and_the_figures() {
     let monitor = Monitor::start(config()).expect("starts");
+    let mut alerts = monitor.alerts().subscribe();
     for i in 0..20 {
         monitor.track(Duration::from_millis(5 + i), i % 10 != 0, "/fn/hello");
     }
@@ -39,7 +50,7 @@ async fn the_snapshot_has_the_predecessors_shape_and_the_figures() {
     assert_eq!(snapshot["endpoints"]["/fn/hello"]["requests"]["total"], 20);
     // A 10% error rate is over the default 5% threshold: the alert fires at the first
     // evaluation (for_duration is zero here) and the recommendations say so.
-    let events = monitor.evaluate();
+    let events = evaluate(&monitor, &mut alerts);
     assert!(
         events.iter().any(|event| matches!(event, AlertEvent::Fired(alert) if alert.metric == AlertMetric::ErrorRatePercent)),
         "{events:?}"
@@ -62,14 +73,15 @@ async fn the_snapshot_has_the_predecessors_shape_and_the_figures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_figures_give_the_normal_parameters_message_and_queue_depth_alerts() {
     let monitor = Monitor::start(config()).expect("starts");
+    let mut alerts = monitor.alerts().subscribe();
     let advice = monitor.recommendations();
     assert_eq!(advice.len(), 1);
     assert_eq!(advice[0].message, "System operating within normal parameters");
     monitor.queue_depth().set(150.0);
-    let events = monitor.evaluate();
+    let events = evaluate(&monitor, &mut alerts);
     assert!(events.iter().any(|event| matches!(event, AlertEvent::Fired(alert) if alert.metric == AlertMetric::QueueDepth)), "{events:?}");
     monitor.queue_depth().set(10.0);
-    let events = monitor.evaluate();
+    let events = evaluate(&monitor, &mut alerts);
     assert!(
         events.iter().any(|event| matches!(
             event,
