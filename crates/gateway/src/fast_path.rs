@@ -378,8 +378,6 @@ async fn exchange(
             return write_response(stream, response, request_id, close, &mut work.out).await;
         }
     };
-    record_response(shared, function, answer.head.status, started);
-
     // The head for the client, and as much of the body as came with it.
     let out = &mut work.out;
     put_header(out, b"x-request-id", &work.upstream_head[plan.request_id.clone()]);
@@ -407,6 +405,8 @@ async fn exchange(
                         "instance_failed",
                         "the instance failed: its chunked body is malformed".to_owned(),
                     );
+                    // The client gets this answer, not the instance's: it is the one counted.
+                    record_response(shared, function, response.status(), started);
                     let request_id = &work.upstream_head[plan.request_id.clone()];
                     write_response(stream, response, request_id, true, &mut work.out).await;
                 }
@@ -415,6 +415,10 @@ async fn exchange(
         };
         work.out.extend_from_slice(&work.answer[..taken]);
         work.answer.advance(taken);
+        if !head_sent {
+            // The instance's answer goes out now: count it.
+            record_response(shared, function, answer.head.status, started);
+        }
         if !work.out.is_empty() && sent_ok {
             sent_ok = stream.write_all(&work.out).await.is_ok();
             head_sent = true;
