@@ -706,8 +706,10 @@ fn operation(operation: String, error: DockerError) -> BackendError {
     BackendError::Operation { reason: error.to_string(), operation, source: Some(Box::new(error)) }
 }
 
-/// Checks what can be checked of a spec before launching.
-fn check_spec(function: &FunctionSpec<DockerSpec>) -> Result<(), BackendError> {
+/// Checks what can be checked of a spec before launching: what
+/// [`DockerBackend`]'s `validate` checks, without a backend (no engine is asked). A config
+/// checker can tell with it whether the backend will take a spec.
+pub fn check_spec(function: &FunctionSpec<DockerSpec>) -> Result<(), BackendError> {
     let spec = &function.spec;
     let invalid =
         |reason: String| BackendError::InvalidSpec { function: function.name.to_string(), reason };

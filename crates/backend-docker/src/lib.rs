@@ -67,6 +67,6 @@ pub mod testkit;
 
 pub use backend::{
     ContainerDetails, ContainerInfo, DEFAULT_HOST, DockerBackend, DockerBackendConfig,
-    FUNCTION_LABEL, INSTANCE_LABEL, OWNER_LABEL, POOL_LABEL, PullEvent, PullStage,
+    FUNCTION_LABEL, INSTANCE_LABEL, OWNER_LABEL, POOL_LABEL, PullEvent, PullStage, check_spec,
 };
 pub use spec::{DockerSpec, InjectedFile, Limits, PullPolicy, Readiness, Security};

@@ -313,7 +313,7 @@ impl Backend for ProcessBackend {
     }
 
     fn validate(&self, function: &FunctionSpec<ProcessSpec>) -> Result<(), BackendError> {
-        check_spec(function).map(drop)
+        check_spec(function)
     }
 
     async fn launch(
@@ -321,7 +321,7 @@ impl Backend for ProcessBackend {
         function: &FunctionSpec<ProcessSpec>,
         id: InstanceId,
     ) -> Result<Instance<ProcessDetails>, BackendError> {
-        let program = check_spec(function)?;
+        let program = resolved_program(function)?;
         let mut attempt = 1;
         loop {
             match self.launch_once(function, &program, id).await {
@@ -435,8 +435,16 @@ impl Backend for ProcessBackend {
     }
 }
 
-/// Checks the parts of a spec that can be checked before launching; the program's path.
-fn check_spec(function: &FunctionSpec<ProcessSpec>) -> Result<PathBuf, BackendError> {
+/// Checks what can be checked of a spec before launching: what [`ProcessBackend`]'s
+/// `validate` checks, without a backend. The program must be found as the child would find it
+/// (see [`ProcessSpec::program`]) and the working directory must exist, so the answer holds on
+/// this machine. A config checker can tell with it whether the backend will take a spec.
+pub fn check_spec(function: &FunctionSpec<ProcessSpec>) -> Result<(), BackendError> {
+    resolved_program(function).map(drop)
+}
+
+/// Checks the spec as [`check_spec`] does; the program's path.
+fn resolved_program(function: &FunctionSpec<ProcessSpec>) -> Result<PathBuf, BackendError> {
     let spec = &function.spec;
     let invalid =
         |reason: String| BackendError::InvalidSpec { function: function.name.to_string(), reason };

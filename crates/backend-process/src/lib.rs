@@ -54,7 +54,7 @@ mod spec;
 mod state_dir;
 mod sys;
 
-pub use backend::{ProcessBackend, ProcessBackendConfig, ProcessDetails};
+pub use backend::{ProcessBackend, ProcessBackendConfig, ProcessDetails, check_spec};
 pub use logs::{LogBuffer, Stream};
 pub use spec::{Limits, ProcessSpec, Readiness};
 pub use state_dir::{default_state_dir, processes_of};
