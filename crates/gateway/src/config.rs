@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use backend_docker::DockerSpec;
 use backend_process::ProcessSpec;
-use pool_core::{FunctionName, PoolConfig, PoolName};
+use pool_core::{BackendError, FunctionName, PoolConfig, PoolName};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
@@ -1085,8 +1085,43 @@ pub struct ResolvedFunction {
     pub spec: BackendSpec,
 }
 
-/// The docker spec of a `docker` function, checked already; file sources resolve against
-/// `base_dir`.
+/// The spec the function's backend runs: paths resolved against `base_dir`. The function was
+/// checked already.
+fn backend_spec(
+    function: &FunctionConfig,
+    settings: &FunctionDefaults,
+    base_dir: &Path,
+) -> BackendSpec {
+    match function.backend {
+        BackendKind::Docker => BackendSpec::Docker(docker_spec(function, settings, base_dir)),
+        BackendKind::Process => BackendSpec::Process(process_spec(function, settings, base_dir)),
+    }
+}
+
+/// Why the function's backend would refuse `spec` when the gateway starts (its program not
+/// found, a file source missing...), by the backend's own check: `None` when it takes it.
+fn backend_refusal(
+    name: &FunctionName,
+    backend: BackendKind,
+    spec: &BackendSpec,
+) -> Option<String> {
+    let checked = match spec {
+        BackendSpec::Process(spec) => backend_process::check_spec(&pool_core::FunctionSpec {
+            name: name.clone(),
+            spec: spec.clone(),
+        }),
+        BackendSpec::Docker(spec) => backend_docker::check_spec(&pool_core::FunctionSpec {
+            name: name.clone(),
+            spec: spec.clone(),
+        }),
+    };
+    let reason = match checked.err()? {
+        BackendError::InvalidSpec { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    Some(format!("the {} backend refuses this function: {reason}", backend.as_str()))
+}
+
 /// The process spec of a process function, paths resolved against `base_dir`. Its command is
 /// not empty: the config was validated.
 fn process_spec(
@@ -1122,6 +1157,8 @@ fn process_spec(
     }
 }
 
+/// The docker spec of a `docker` function, checked already; file sources resolve against
+/// `base_dir`.
 fn docker_spec(
     function: &FunctionConfig,
     settings: &FunctionDefaults,
@@ -1178,6 +1215,11 @@ impl Config {
     /// Reads the config at `path` (TOML, YAML or JSON by its extension), applies the
     /// environment overrides found in `env` (pass [`std::env::vars`] in production), checks
     /// it, and returns it or every problem found.
+    ///
+    /// Beyond what [`Config::parse`] checks, each function that passes goes through its
+    /// backend's own check on this machine, as the gateway's start will (the program found,
+    /// `working_dir` and file sources present), with relative paths resolved against the
+    /// file's directory: a config this accepts, the gateway takes.
     pub fn load(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
@@ -1194,7 +1236,7 @@ impl Config {
         })?;
         let text = std::fs::read_to_string(path)
             .map_err(|error| in_file(format!("cannot read the config file: {error}")))?;
-        Self::parse(&text, format, Some(path), env)
+        Self::read(&text, format, Some(path), env, Backends::Check)
     }
 
     /// Reads a config from `text`, applies the environment overrides found in `env`, checks it,
@@ -1209,11 +1251,24 @@ impl Config {
     /// variable's text is tried as a string (`SMGR_SERVER__ADMIN_TOKEN=12345`). Other
     /// variables, `SMGR_ADMIN_TOKEN` among them (no `__`), are ignored. Errors in an overridden
     /// value name the variable as their key, and no file.
+    ///
+    /// Unlike [`Config::load`], it leaves out the backends' own checks, which look at the disk
+    /// around the file.
     pub fn parse(
         text: &str,
         format: Format,
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        Self::read(text, format, file, env, Backends::Skip)
+    }
+
+    fn read(
+        text: &str,
+        format: Format,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        backends: Backends,
     ) -> Result<Config, ConfigErrors> {
         let document = Document::parse(text, format).map_err(|errors| {
             let located = errors.into_iter().map(|(position, reason)| ConfigError {
@@ -1227,6 +1282,7 @@ impl Config {
         let mut loader = Loader {
             document,
             file: file.map(Path::to_owned),
+            backends,
             errors: Vec::new(),
             overrides: Vec::new(),
         };
@@ -1246,7 +1302,7 @@ impl Config {
         }
     }
 
-    /// Checks a config built in code as [`Config::load`] checks a file: every problem, by key.
+    /// Checks a config built in code as [`Config::parse`] checks a text: every problem, by key.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut issues = server_issues(&self.server);
         issues.extend(defaults_issues(&self.defaults, &|_| false));
@@ -1277,14 +1333,7 @@ impl Config {
                 ConfigError::new(dotted(&key_path(&["functions", name])), error.to_string())
             })?;
             let settings = function.settings(&self.defaults);
-            let spec = match function.backend {
-                BackendKind::Docker => {
-                    BackendSpec::Docker(docker_spec(function, &settings, &base_dir))
-                }
-                BackendKind::Process => {
-                    BackendSpec::Process(process_spec(function, &settings, &base_dir))
-                }
-            };
+            let spec = backend_spec(function, &settings, &base_dir);
             resolved.push(ResolvedFunction {
                 name,
                 backend: function.backend,
@@ -2305,9 +2354,17 @@ impl<T> Section<T> {
     }
 }
 
+/// Whether a config read from a file also goes through its backends' own checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backends {
+    Check,
+    Skip,
+}
+
 struct Loader<'a> {
     document: Document<'a>,
     file: Option<PathBuf>,
+    backends: Backends,
     errors: Vec<ConfigError>,
     overrides: Vec<Override>,
 }
@@ -2465,13 +2522,34 @@ impl Loader<'_> {
         if let Some(settings) = &defaults.value {
             let unknown = |field: &str| defaults.dropped.iter().any(|dropped| dropped == field);
             issues.extend(defaults_issues(settings, &unknown));
+            // Where a file's relative paths resolve, as `resolve` will have them; with no file,
+            // that is the caller's choice, made at `resolve`.
+            let base_dir = match (&self.file, self.backends) {
+                (Some(file), Backends::Check) => {
+                    Some(absolute_dir(file.parent().unwrap_or(Path::new(""))))
+                }
+                _ => None,
+            };
             for (name, (function, function_dropped)) in &functions {
                 let unknown = |field: &str| {
                     let dropped = |fields: &[String]| fields.iter().any(|dropped| dropped == field);
                     dropped(function_dropped)
                         || (!function.overrides(field) && dropped(&defaults.dropped))
                 };
-                issues.extend(function_issues(name, function, settings, &unknown));
+                let found = function_issues(name, function, settings, &unknown);
+                // What the config's checks let through, the backend's own check sees as it
+                // will at start: `check` passes only what `serve` takes.
+                let checked =
+                    found.is_empty() && function_dropped.is_empty() && defaults.dropped.is_empty();
+                if let (true, Some(base_dir), Ok(function_name)) =
+                    (checked, &base_dir, FunctionName::new(name))
+                {
+                    let spec = backend_spec(function, &function.settings(settings), base_dir);
+                    if let Some(reason) = backend_refusal(&function_name, function.backend, &spec) {
+                        issues.push(Issue::new(&["functions", name], reason).at_key());
+                    }
+                }
+                issues.extend(found);
             }
         }
         for issue in issues {

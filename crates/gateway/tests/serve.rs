@@ -578,12 +578,47 @@ fn check_reports_every_error_with_its_location_and_exits_2() {
     assert!(stderr.contains("SMGR_SERVER__LISTEN: "), "{stderr}");
 
     let good = dir.join("good.toml");
-    std::fs::write(&good, "[functions.a]\ncommand = [\"x\"]\n").unwrap();
+    std::fs::write(&good, "[functions.a]\ncommand = [\"true\"]\n").unwrap();
     let output =
         Command::new(SMGR).args(["check", "--config", good.to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("[functions.a]") && stdout.contains("max_instances = 4"), "{stdout}");
+
+    // What only the backends' own checks see is refused too, as `serve` would refuse it at
+    // start: a program not found, a working directory or a file source missing, an image that
+    // is not an image reference. Each at its function's table.
+    let refused = dir.join("refused.toml");
+    std::fs::write(
+        &refused,
+        "[functions.a]\ncommand = [\"no-such-program-here\"]\n\n\
+         [functions.b]\ncommand = [\"true\"]\nworking_dir = \"missing\"\n\n\
+         [functions.c]\nbackend = \"docker\"\nimage = \"-x\"\n\n\
+         [functions.d]\nbackend = \"docker\"\nimage = \"app\"\nfiles = [{ path = \"/etc/app.toml\", source = \"app.toml\" }]\n",
+    )
+    .unwrap();
+    let output =
+        Command::new(SMGR).args(["check", "--config", refused.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let file = refused.display().to_string();
+    let dir = dir.display().to_string();
+    for expected in [
+        format!(
+            "{file}:1:12: functions.a: the process backend refuses this function: program `no-such-program-here` was not found in the child's PATH"
+        ),
+        format!(
+            "{file}:4:12: functions.b: the process backend refuses this function: working_dir {dir}/missing: no such directory"
+        ),
+        format!(
+            "{file}:8:12: functions.c: the docker backend refuses this function: image \"-x\" is not an image reference"
+        ),
+        format!(
+            "{file}:12:12: functions.d: the docker backend refuses this function: file /etc/app.toml: source {dir}/app.toml is not a readable file"
+        ),
+    ] {
+        assert!(stderr.lines().any(|line| line == expected), "no {expected:?} in:\n{stderr}");
+    }
 }
 
 #[test]
