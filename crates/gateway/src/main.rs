@@ -245,7 +245,14 @@ async fn serve(
         destroyed = report.instances_destroyed,
         "smgr stopped"
     );
-    ExitCode::SUCCESS
+    if report.drained {
+        ExitCode::SUCCESS
+    } else {
+        // The instances are stopped all the same; the supervisor should know that clients
+        // were cut off.
+        tracing::warn!("requests were still in flight at the shutdown timeout and were cut off");
+        ExitCode::FAILURE
+    }
 }
 
 /// Resolves at the first SIGTERM or SIGINT; a second one ends the process at once (its

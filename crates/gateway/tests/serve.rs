@@ -487,6 +487,46 @@ queue_limit = 100
     }
 }
 
+#[test]
+fn a_drain_cut_short_by_the_shutdown_timeout_exits_1_and_leaves_no_child() {
+    let config = r#"
+[server]
+pool = "{pool}"
+state_dir = "{state}"
+shutdown_timeout = "1s"
+
+[functions.echo]
+command = ["{smgr}", "demo-function", "echo"]
+min_instances = 1
+max_instances = 1
+"#;
+    let mut server = start("drain-timeout", config, &[]);
+    let pids = instance_pids(&server);
+    let address = server.address;
+    let request = std::thread::spawn(move || {
+        exchange(
+            address,
+            b"GET /fn/echo/sleep/30000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .0
+    });
+    wait_until(Duration::from_secs(30), || {
+        let (_, body) = get(&server, "/admin/pools");
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        value["pools"][0]["busy"].as_u64() == Some(1)
+    });
+    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "the slow request was cut off");
+    assert_ne!(request.join().unwrap(), 200);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+            "instance {pid} still runs"
+        );
+    }
+}
+
 fn is_zombie(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next()) == Some("Z")
