@@ -479,12 +479,7 @@ queue_limit = 100
     assert!(codes.iter().all(|code| *code == 200), "{codes:?}");
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
-            "instance {pid} still runs"
-        );
-    }
+    assert_gone(&pids);
 }
 
 #[test]
@@ -519,12 +514,19 @@ max_instances = 1
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "the slow request was cut off");
     assert_ne!(request.join().unwrap(), 200);
-    for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
-            "instance {pid} still runs"
-        );
+    assert_gone(&pids);
+}
+
+/// Fails naming the first of `pids` still running.
+fn assert_gone(pids: &[u32]) {
+    for &pid in pids {
+        assert!(gone(pid), "instance {pid} still runs");
     }
+}
+
+/// Whether process `pid` has ended (or is a zombie, which runs nothing).
+fn gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid)
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -737,9 +739,7 @@ max_instances = 2
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "a second signal exits non-zero at once");
     let _ = slow.join();
-    wait_until(Duration::from_secs(10), || {
-        pids.iter().all(|pid| !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(*pid))
-    });
+    wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| gone(pid)));
 }
 
 #[test]
