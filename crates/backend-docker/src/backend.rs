@@ -159,6 +159,8 @@ pub struct DockerBackend {
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// Images known to be on the engine, or pulled once under `always`.
     images: Mutex<HashSet<String>>,
+    /// Per image not known yet, the attempts to make it present, one at a time.
+    image_turns: Mutex<HashMap<String, Arc<ImageTurn>>>,
     pulls: tokio::sync::broadcast::Sender<PullEvent>,
 }
 
@@ -232,6 +234,7 @@ impl DockerBackend {
             watching,
             watcher,
             images: Mutex::new(HashSet::new()),
+            image_turns: Mutex::new(HashMap::new()),
             pulls: tokio::sync::broadcast::channel(256).0,
         })
     }
@@ -281,12 +284,49 @@ impl DockerBackend {
             .collect())
     }
 
-    /// Makes sure the image is on the engine, as the pull policy says.
+    /// Makes sure the image is on the engine, as the pull policy says. Launches that need an
+    /// image at once make one attempt: the others wait for it and share its outcome, rather
+    /// than each inspecting and pulling.
     async fn ensure_image(&self, function: &FunctionSpec<DockerSpec>) -> Result<(), BackendError> {
         let spec = &function.spec;
         if self.images.lock().contains(&spec.image) {
             return Ok(());
         }
+        let turn = self.image_turns.lock().entry(spec.image.clone()).or_default().clone();
+        let seen = turn.attempts.load(Ordering::Acquire);
+        let mut last_error = turn.last_error.lock().await;
+        if turn.attempts.load(Ordering::Acquire) != seen {
+            // An attempt ended while this launch waited for its turn: its outcome is this one's.
+            if self.images.lock().contains(&spec.image) {
+                return Ok(());
+            }
+            if let Some(reason) = &*last_error {
+                return Err(BackendError::Launch {
+                    function: function.name.to_string(),
+                    reason: reason.clone(),
+                    source: None,
+                });
+            }
+        }
+        let made = self.make_image_present(function).await;
+        *last_error = made.as_ref().err().map(|error| match error {
+            BackendError::Launch { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        });
+        turn.attempts.fetch_add(1, Ordering::Release);
+        if made.is_ok() {
+            self.image_turns.lock().remove(&spec.image);
+        }
+        made
+    }
+
+    /// Inspects the image and pulls it as the pull policy says; one attempt of
+    /// [`ensure_image`](Self::ensure_image).
+    async fn make_image_present(
+        &self,
+        function: &FunctionSpec<DockerSpec>,
+    ) -> Result<(), BackendError> {
+        let spec = &function.spec;
         let present = match self.docker.inspect_image(&spec.image).await {
             Ok(_) => true,
             Err(error) if status_of(&error) == Some(404) => false,
@@ -780,6 +820,16 @@ pub fn check_spec(function: &FunctionSpec<DockerSpec>) -> Result<(), BackendErro
         ));
     }
     Ok(())
+}
+
+/// The attempts to make one image present, one at a time (see
+/// [`DockerBackend::ensure_image`]).
+#[derive(Debug, Default)]
+struct ImageTurn {
+    /// Attempts ended.
+    attempts: AtomicU64,
+    /// Held during an attempt: how the last one failed, if it did.
+    last_error: tokio::sync::Mutex<Option<String>>,
 }
 
 /// A name for a new container: pool, function, instance, and what makes it unique.

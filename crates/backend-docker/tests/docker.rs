@@ -295,3 +295,41 @@ async fn a_pull_is_reported_as_events_and_a_failed_one_names_the_image() {
     assert!(message.contains(error.as_str()), "{error} in {message}");
     assert_eq!(leftovers(&backend, &scope).await, 0);
 }
+
+/// The pulls started among the events received so far.
+fn pulls_started(
+    events: &mut tokio::sync::broadcast::Receiver<backend_docker::PullEvent>,
+) -> usize {
+    std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|event| event.stage == backend_docker::PullStage::Started)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_that_need_an_image_at_once_share_one_pull() {
+    if testkit::skip_without_engine("launches_that_need_an_image_at_once_share_one_pull") {
+        return;
+    }
+    let scope = scope("one-pull");
+    let backend = connect(scope.clone()).await;
+    let mut events = backend.pull_events();
+    let image = "smgr-test.invalid/never-published:2";
+    let function =
+        FunctionSpec::new("pulled", DockerSpec::new(image).pull(PullPolicy::IfMissing)).unwrap();
+    let (a, b, c, d) = tokio::join!(
+        backend.launch(&function, InstanceId(0)),
+        backend.launch(&function, InstanceId(1)),
+        backend.launch(&function, InstanceId(2)),
+        backend.launch(&function, InstanceId(3)),
+    );
+    for launched in [a, b, c, d] {
+        let message = launched.expect_err("nothing to pull").to_string();
+        assert!(message.contains(&format!("pulling image {image}")), "{message}");
+    }
+    assert_eq!(pulls_started(&mut events), 1, "the four launches made one pull");
+
+    // A failed attempt is not remembered: the next launch tries again.
+    backend.launch(&function, InstanceId(4)).await.expect_err("nothing to pull");
+    assert_eq!(pulls_started(&mut events), 1, "a later launch pulls again");
+    assert_eq!(leftovers(&backend, &scope).await, 0);
+}
