@@ -1100,26 +1100,20 @@ fn backend_spec(
 
 /// Why the function's backend would refuse `spec` when the gateway starts (its program not
 /// found, a file source missing...), by the backend's own check: `None` when it takes it.
-fn backend_refusal(
-    name: &FunctionName,
-    backend: BackendKind,
-    spec: &BackendSpec,
-) -> Option<String> {
-    let checked = match spec {
-        BackendSpec::Process(spec) => backend_process::check_spec(&pool_core::FunctionSpec {
-            name: name.clone(),
-            spec: spec.clone(),
-        }),
-        BackendSpec::Docker(spec) => backend_docker::check_spec(&pool_core::FunctionSpec {
-            name: name.clone(),
-            spec: spec.clone(),
-        }),
+fn backend_refusal(name: FunctionName, spec: BackendSpec) -> Option<String> {
+    let (backend, checked) = match spec {
+        BackendSpec::Process(spec) => {
+            ("process", backend_process::check_spec(&pool_core::FunctionSpec { name, spec }))
+        }
+        BackendSpec::Docker(spec) => {
+            ("docker", backend_docker::check_spec(&pool_core::FunctionSpec { name, spec }))
+        }
     };
     let reason = match checked.err()? {
         BackendError::InvalidSpec { reason, .. } => reason,
         other => other.to_string(),
     };
-    Some(format!("the {} backend refuses this function: {reason}", backend.as_str()))
+    Some(format!("the {backend} backend refuses this function: {reason}"))
 }
 
 /// The process spec of a process function, paths resolved against `base_dir`. Its command is
@@ -1596,15 +1590,20 @@ fn process_issues(
         ("labels", !function.labels.is_empty()),
         ("init", function.init.is_some()),
     ];
-    for (key, set) in docker_only {
-        if set {
-            issues.push(Issue::new(
-                &["functions", name, key],
-                format!("`{key}` is for docker functions: set `backend = \"docker\"`"),
-            ));
-        }
-    }
+    issues.extend(misplaced(
+        name,
+        &docker_only,
+        "is for docker functions: set `backend = \"docker\"`",
+    ));
     issues
+}
+
+/// The keys among `keys` that are set although they are for the other backend.
+fn misplaced(name: &str, keys: &[(&str, bool)], why: &str) -> Vec<Issue> {
+    keys.iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| Issue::new(&["functions", name, key], format!("`{key}` {why}")))
+        .collect()
 }
 
 /// What is wrong with the docker-only part of a `docker` function.
@@ -1634,14 +1633,11 @@ fn docker_issues(name: &str, function: &FunctionConfig) -> Vec<Issue> {
         ("socket_activation", function.socket_activation),
         ("pass_env", function.pass_env.is_some()),
     ];
-    for (key, set) in process_only {
-        if set {
-            issues.push(Issue::new(
-                &["functions", name, key],
-                format!("`{key}` is for process functions; a container gets `env` alone"),
-            ));
-        }
-    }
+    issues.extend(misplaced(
+        name,
+        &process_only,
+        "is for process functions; a container gets `env` alone",
+    ));
     if let Some(Cpus(cpus)) = function.limits.as_ref().and_then(|limits| limits.cpus)
         && !(cpus.is_finite() && cpus > 0.0)
     {
@@ -2539,15 +2535,17 @@ impl Loader<'_> {
                 let found = function_issues(name, function, settings, &unknown);
                 // What the config's checks let through, the backend's own check sees as it
                 // will at start: `check` passes only what `serve` takes.
-                let checked =
-                    found.is_empty() && function_dropped.is_empty() && defaults.dropped.is_empty();
-                if let (true, Some(base_dir), Ok(function_name)) =
-                    (checked, &base_dir, FunctionName::new(name))
+                if found.is_empty()
+                    && function_dropped.is_empty()
+                    && defaults.dropped.is_empty()
+                    && let Some(base_dir) = &base_dir
+                    && let Ok(function_name) = FunctionName::new(name)
+                    && let Some(reason) = backend_refusal(
+                        function_name,
+                        backend_spec(function, &function.settings(settings), base_dir),
+                    )
                 {
-                    let spec = backend_spec(function, &function.settings(settings), base_dir);
-                    if let Some(reason) = backend_refusal(&function_name, function.backend, &spec) {
-                        issues.push(Issue::new(&["functions", name], reason).at_key());
-                    }
+                    issues.push(Issue::new(&["functions", name], reason).at_key());
                 }
                 issues.extend(found);
             }
