@@ -52,13 +52,13 @@
 
 mod common;
 
-use common::{quartiles, short};
+use common::{short, spread};
 
 #[path = "common/backends.rs"]
 mod backends;
 
 use backends::{
-    current_thread, time_acquires_and_shut_down, two_workers, warm_pool as warm_pool_of,
+    HDR_ITERATIONS, WARM, current_thread, summed, two_workers, warm_acquire_group, warm_pool,
 };
 
 use std::net::SocketAddr;
@@ -90,10 +90,6 @@ const GRACE: Duration = Duration::from_secs(1);
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// The CLI baseline's pause between readiness attempts.
 const CLI_PAUSE: Duration = Duration::from_millis(1);
-/// Warm instances of `warm_acquire`.
-const WARM: usize = 4;
-/// Acquire + drop pairs timed one by one into the histogram, after as many untimed ones.
-const HDR_ITERATIONS: usize = 100_000;
 /// The first instance id of the cold starts, far from the pool's own (which start at 0).
 const COLD_IDS: u64 = 1 << 32;
 
@@ -290,26 +286,10 @@ fn cold_start(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
 
     group.bench_function("backend", |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += cold.backend().await;
-                }
-                total
-            })
-        });
+        b.iter_custom(|iters| summed(&runtime, iters, async || cold.backend().await));
     });
     group.bench_function("cli", |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += cold.cli().await.ready;
-                }
-                total
-            })
-        });
+        b.iter_custom(|iters| summed(&runtime, iters, async || cold.cli().await.ready));
     });
 
     // The reference: more pairs than the single-sided runs above.
@@ -348,9 +328,6 @@ fn cold_start(c: &mut Criterion) {
     if ratios.is_empty() {
         return;
     }
-    let show = |(p25, p50, p75): (f64, f64, f64), digits: usize| {
-        format!("{p50:.digits$} [{p25:.digits$}, {p75:.digits$}]")
-    };
     println!(
         "\ndocker_cold_start/paired: call -> ready, backend launch vs docker run + docker port + 1 ms \
          GET /healthz loop; median [p25, p75]; target backend/cli <= 1.0"
@@ -360,60 +337,44 @@ fn cold_start(c: &mut Criterion) {
     println!("|---:|---:|---:|---:|---:|");
     println!(
         "| {} | {} | {} | {mean_ratio:.2} | {} |",
-        show(quartiles(&mut backend_ms), 1),
-        show(quartiles(&mut cli_ms), 1),
-        show(quartiles(&mut ratios), 2),
+        spread(&mut backend_ms, 1),
+        spread(&mut cli_ms, 1),
+        spread(&mut ratios, 2),
         ratios.len()
     );
     let [run, port, wait] = &mut steps_ms;
     println!(
         "cli steps, ms, median [p25, p75]: docker run {}; docker port {}; readiness wait {}\n",
-        show(quartiles(run), 1),
-        show(quartiles(port), 1),
-        show(quartiles(wait), 1),
+        spread(run, 1),
+        spread(port, 1),
+        spread(wait, 1),
     );
 }
 
 // ---------------------------------------------------------------------------------------------
 // Warm acquire
 
-type DockerPool = backends::BackendPool<DockerBackend>;
-
-/// A pool of `WARM` fixture containers, all ready and idle. Must run inside the runtime.
-async fn warm_pool(backend: Arc<DockerBackend>, image: &str) -> DockerPool {
-    let manager = FunctionManager::new(backend, function(image)).expect("a valid spec");
-    warm_pool_of(manager, WARM, Duration::from_secs(60)).await
-}
-
 fn warm_acquire(c: &mut Criterion) {
     let runtime = current_thread();
     let backend = backend(&runtime);
     let image = image(&runtime, &backend);
-    let mut slot: Option<DockerPool> = None;
-    let mut group = c.benchmark_group("docker_warm_acquire");
-    short(&mut group, 20, 500, 2_000);
-    group.bench_function("backend_pool", |b| {
-        let pool = slot
-            .get_or_insert_with(|| runtime.block_on(warm_pool(backend.clone(), &image)))
-            .clone();
-        b.to_async(&runtime).iter(|| async {
-            drop(pool.acquire().await.expect("a warm instance"));
-        });
-    });
-    group.finish();
-    let Some(pool) = slot else {
-        assert_nothing_left(&runtime, &backend);
-        return;
-    };
-
     let title = format!(
         "warm_acquire: {WARM} warm fixture containers, current-thread runtime, \
          {HDR_ITERATIONS} acquire + drop pairs timed one by one (HDR histogram); \
          no target (the process backend's: p50 <= 2000 ns)"
     );
-    let created = time_acquires_and_shut_down(&runtime, pool, HDR_ITERATIONS, &title);
-    assert_nothing_left(&runtime, &backend);
-    assert_eq!(created, WARM as u64, "the warm instances were never replaced");
+    warm_acquire_group(
+        c,
+        "docker_warm_acquire",
+        &runtime,
+        async || {
+            let manager =
+                FunctionManager::new(backend.clone(), function(&image)).expect("a valid spec");
+            warm_pool(manager, WARM, Duration::from_secs(60)).await
+        },
+        &title,
+        || assert_nothing_left(&runtime, &backend),
+    );
 }
 
 criterion_group!(benches, cold_start, warm_acquire);

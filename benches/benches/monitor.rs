@@ -59,7 +59,7 @@
 
 mod common;
 
-use common::{quartiles, short};
+use common::{quartiles, short, spread};
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -845,13 +845,13 @@ fn report(cells: &mut [Cell], overlaps: Vec<(&'static str, f64)>) {
         medians.push((cell.name, ours));
         for (peer, absolute, ratio) in &mut cell.peers {
             let (_, theirs, _) = quartiles(absolute);
-            let (p25, p50, p75) = quartiles(ratio);
+            let pairs = ratio.len();
             println!(
-                "| {} | {} | {peer} | {} | {p50:.2} [{p25:.2}, {p75:.2}] | {} |",
+                "| {} | {} | {peer} | {} | {} | {pairs} |",
                 cell.name,
                 time(ours),
                 time(theirs),
-                ratio.len()
+                spread(ratio, 2),
             );
         }
     }

@@ -42,7 +42,7 @@
 
 mod common;
 
-use common::{quartiles, short};
+use common::{short, spread};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -629,12 +629,8 @@ fn paired(c: &mut Criterion) {
                 });
             });
             if !vs_deadpool.is_empty() {
-                rows.push((
-                    cell,
-                    quartiles(&mut vs_deadpool),
-                    quartiles(&mut vs_bb8),
-                    vs_deadpool.len(),
-                ));
+                let pairs = vs_deadpool.len();
+                rows.push((cell, spread(&mut vs_deadpool, 2), spread(&mut vs_bb8, 2), pairs));
             }
         }
     }
@@ -648,8 +644,7 @@ fn paired(c: &mut Criterion) {
     println!("| cell | ours/deadpool | ours/bb8 | pairs |");
     println!("|---|---:|---:|---:|");
     for (cell, deadpool, bb8, pairs) in rows {
-        let show = |(p25, p50, p75): (f64, f64, f64)| format!("{p50:.2} [{p25:.2}, {p75:.2}]");
-        println!("| {cell} | {} | {} | {pairs} |", show(deadpool), show(bb8));
+        println!("| {cell} | {deadpool} | {bb8} | {pairs} |");
     }
     println!();
 }

@@ -40,13 +40,13 @@
 
 mod common;
 
-use common::{quartiles, short};
+use common::{short, spread};
 
 #[path = "common/backends.rs"]
 mod backends;
 
 use backends::{
-    current_thread, time_acquires_and_shut_down, two_workers, warm_pool as warm_pool_of,
+    HDR_ITERATIONS, WARM, current_thread, summed, two_workers, warm_acquire_group, warm_pool,
 };
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -72,10 +72,6 @@ const GRACE: Duration = Duration::from_secs(5);
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
 /// The raw baseline's pause between connect attempts.
 const RAW_PAUSE: Duration = Duration::from_millis(1);
-/// Warm instances of `warm_acquire`.
-const WARM: usize = 4;
-/// Acquire + drop pairs timed one by one into the histogram, after as many untimed ones.
-const HDR_ITERATIONS: usize = 100_000;
 /// The first instance id of the cold starts, far from the pool's own (which start at 0).
 const COLD_IDS: u64 = 1 << 32;
 
@@ -195,26 +191,10 @@ fn cold_start(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
 
     group.bench_function("backend", |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += cold.backend().await;
-                }
-                total
-            })
-        });
+        b.iter_custom(|iters| summed(&runtime, iters, async || cold.backend().await));
     });
     group.bench_function("raw", |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += cold.raw().await;
-                }
-                total
-            })
-        });
+        b.iter_custom(|iters| summed(&runtime, iters, async || cold.raw().await));
     });
 
     // The reference: more pairs than the single-sided runs above.
@@ -249,9 +229,6 @@ fn cold_start(c: &mut Criterion) {
     if ratios.is_empty() {
         return;
     }
-    let show = |(p25, p50, p75): (f64, f64, f64), digits: usize| {
-        format!("{p50:.digits$} [{p25:.digits$}, {p75:.digits$}]")
-    };
     println!(
         "\ncold_start/paired: spawn -> ready, backend launch vs raw spawn + 1 ms connect loop; \
          median [p25, p75]; target backend/raw <= 1.1"
@@ -263,9 +240,9 @@ fn cold_start(c: &mut Criterion) {
     println!("|---:|---:|---:|---:|---:|");
     println!(
         "| {} | {} | {} | {mean_ratio:.2} | {} |",
-        show(quartiles(&mut backend_ms), 2),
-        show(quartiles(&mut raw_ms), 2),
-        show(quartiles(&mut ratios), 2),
+        spread(&mut backend_ms, 2),
+        spread(&mut raw_ms, 2),
+        spread(&mut ratios, 2),
         ratios.len()
     );
     println!();
@@ -274,43 +251,27 @@ fn cold_start(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // Warm acquire
 
-type ProcessPool = backends::BackendPool<ProcessBackend>;
-
-/// A pool of `WARM` fixture instances, all ready and idle. Must run inside the runtime.
-async fn warm_pool(backend: Arc<ProcessBackend>, fixture: &Path) -> ProcessPool {
-    let manager = FunctionManager::new(backend, function(fixture)).expect("a valid spec");
-    warm_pool_of(manager, WARM, Duration::from_secs(30)).await
-}
-
 fn warm_acquire(c: &mut Criterion) {
     let runtime = current_thread();
     let fixture = fixture();
     let backend = backend(&runtime);
-    let mut slot: Option<ProcessPool> = None;
-    let mut group = c.benchmark_group("warm_acquire");
-    short(&mut group, 20, 500, 2_000);
-    group.bench_function("backend_pool", |b| {
-        let pool = slot
-            .get_or_insert_with(|| runtime.block_on(warm_pool(backend.clone(), &fixture)))
-            .clone();
-        b.to_async(&runtime).iter(|| async {
-            drop(pool.acquire().await.expect("a warm instance"));
-        });
-    });
-    group.finish();
-    let Some(pool) = slot else {
-        assert_nothing_left(&backend);
-        return;
-    };
-
     let title = format!(
         "warm_acquire: {WARM} warm fixture instances, current-thread runtime, \
          {HDR_ITERATIONS} acquire + drop pairs timed one by one (HDR histogram); \
          target p50 <= 2000 ns"
     );
-    let created = time_acquires_and_shut_down(&runtime, pool, HDR_ITERATIONS, &title);
-    assert_nothing_left(&backend);
-    assert_eq!(created, WARM as u64, "the warm instances were never replaced");
+    warm_acquire_group(
+        c,
+        "warm_acquire",
+        &runtime,
+        async || {
+            let manager =
+                FunctionManager::new(backend.clone(), function(&fixture)).expect("a valid spec");
+            warm_pool(manager, WARM, Duration::from_secs(30)).await
+        },
+        &title,
+        || assert_nothing_left(&backend),
+    );
 }
 
 criterion_group!(benches, cold_start, warm_acquire);

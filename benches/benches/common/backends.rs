@@ -3,11 +3,19 @@
 
 use std::time::{Duration, Instant};
 
+use criterion::Criterion;
 use hdrhistogram::Histogram;
 use pool_core::{Backend, FunctionManager, Pool, PoolConfig};
 use tokio::runtime::Runtime;
 
+use crate::common::short;
+
 pub(crate) type BackendPool<B> = Pool<FunctionManager<B>>;
+
+/// Warm instances of `warm_acquire`.
+pub(crate) const WARM: usize = 4;
+/// Acquire + drop pairs timed one by one into the histogram, after as many untimed ones.
+pub(crate) const HDR_ITERATIONS: usize = 100_000;
 
 pub(crate) fn two_workers() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -19,6 +27,22 @@ pub(crate) fn two_workers() -> Runtime {
 
 pub(crate) fn current_thread() -> Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+}
+
+/// The time of `iters` runs of `once` on `runtime`, each timing itself (setup and teardown left
+/// out): for `iter_custom`.
+pub(crate) fn summed(
+    runtime: &Runtime,
+    iters: u64,
+    mut once: impl AsyncFnMut() -> Duration,
+) -> Duration {
+    runtime.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            total += once().await;
+        }
+        total
+    })
 }
 
 /// A pool of `warm` instances of `manager`, all ready and idle within `limit`. Must run
@@ -42,10 +66,42 @@ pub(crate) async fn warm_pool<B: Backend>(
     pool
 }
 
+/// The `warm_acquire` group named `name`: acquire + drop on a pool of [`WARM`] ready instances,
+/// made by `make` on `runtime` the first time the group runs; then [`HDR_ITERATIONS`] of them
+/// timed one by one and reported under `title` (see [`time_acquires_and_shut_down`]). After the pool
+/// is gone `nothing_left` checks the backend left nothing running, and the warm instances
+/// must never have been replaced.
+pub(crate) fn warm_acquire_group<B: Backend>(
+    c: &mut Criterion,
+    name: &str,
+    runtime: &Runtime,
+    make: impl AsyncFn() -> BackendPool<B>,
+    title: &str,
+    nothing_left: impl Fn(),
+) {
+    let mut slot: Option<BackendPool<B>> = None;
+    let mut group = c.benchmark_group(name);
+    short(&mut group, 20, 500, 2_000);
+    group.bench_function("backend_pool", |b| {
+        let pool = slot.get_or_insert_with(|| runtime.block_on(make())).clone();
+        b.to_async(runtime).iter(|| async {
+            drop(pool.acquire().await.expect("a warm instance"));
+        });
+    });
+    group.finish();
+    let Some(pool) = slot else {
+        nothing_left();
+        return;
+    };
+    let created = time_acquires_and_shut_down(runtime, pool, HDR_ITERATIONS, title);
+    nothing_left();
+    assert_eq!(created, WARM as u64, "the warm instances were never replaced");
+}
+
 /// Times `iterations` acquire + drop pairs one by one into an HDR histogram (after as many
 /// untimed ones), shuts the pool down, and prints `title`, the latency table and what the
 /// shutdown did. Returns how many instances the pool created.
-pub(crate) fn time_acquires_and_shut_down<B: Backend>(
+fn time_acquires_and_shut_down<B: Backend>(
     runtime: &Runtime,
     pool: BackendPool<B>,
     iterations: usize,

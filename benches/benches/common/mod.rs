@@ -19,6 +19,13 @@ pub(crate) fn short(
         .measurement_time(Duration::from_millis(ms));
 }
 
+/// The median of `values` and its quartiles, as the paired tables print them:
+/// `p50 [p25, p75]` with `digits` decimals.
+pub(crate) fn spread(values: &mut [f64], digits: usize) -> String {
+    let (p25, p50, p75) = quartiles(values);
+    format!("{p50:.digits$} [{p25:.digits$}, {p75:.digits$}]")
+}
+
 /// The 25th, 50th and 75th percentiles of `values`.
 pub(crate) fn quartiles(values: &mut [f64]) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
