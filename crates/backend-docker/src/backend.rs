@@ -293,29 +293,29 @@ impl DockerBackend {
             return Ok(());
         }
         let turn = self.image_turns.lock().entry(spec.image.clone()).or_default().clone();
-        let seen = turn.attempts.load(Ordering::Acquire);
-        let mut last_error = turn.last_error.lock().await;
-        if turn.attempts.load(Ordering::Acquire) != seen {
-            // An attempt ended while this launch waited for its turn: its outcome is this one's.
-            if self.images.lock().contains(&spec.image) {
-                return Ok(());
-            }
-            if let Some(reason) = &*last_error {
-                return Err(BackendError::Launch {
-                    function: function.name.to_string(),
-                    reason: reason.clone(),
-                    source: None,
-                });
-            }
+        let mut last_error = turn.lock().await;
+        // A turn leaves the map when its attempt ends: one that ended before this launch took
+        // the turn was made while it waited, and its outcome is this one's.
+        if self.images.lock().contains(&spec.image) {
+            return Ok(());
+        }
+        if let Some(reason) = &*last_error {
+            return Err(BackendError::Launch {
+                function: function.name.to_string(),
+                reason: reason.clone(),
+                source: None,
+            });
         }
         let made = self.make_image_present(function).await;
         *last_error = made.as_ref().err().map(|error| match error {
             BackendError::Launch { reason, .. } => reason.clone(),
             other => other.to_string(),
         });
-        turn.attempts.fetch_add(1, Ordering::Release);
-        if made.is_ok() {
-            self.image_turns.lock().remove(&spec.image);
+        // Later launches make an attempt of their own (removed before the turn is released,
+        // so that no launch takes it after its outcome is known).
+        let mut turns = self.image_turns.lock();
+        if turns.get(&spec.image).is_some_and(|current| Arc::ptr_eq(current, &turn)) {
+            turns.remove(&spec.image);
         }
         made
     }
@@ -429,8 +429,7 @@ impl DockerBackend {
 
     /// Removes a container and its anonymous volumes, running or not; gone already is fine.
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
-        let options = RemoveContainerOptions { v: true, force: true, ..Default::default() };
-        match self.docker.remove_container(id, Some(options)).await {
+        match self.docker.remove_container(id, Some(remove_options())).await {
             Ok(()) => Ok(()),
             Err(error) if status_of(&error) == Some(404) => Ok(()),
             // Removal already under way (the engine removes it): not ours to finish.
@@ -469,7 +468,7 @@ impl DockerBackend {
         function: &FunctionSpec<DockerSpec>,
         id: InstanceId,
         name: &str,
-    ) -> Result<String, BackendError> {
+    ) -> Result<Launching, BackendError> {
         let spec = &function.spec;
         let port = format!("{}/tcp", spec.container_port);
         let mut env: Vec<String> = vec![
@@ -529,13 +528,27 @@ impl DockerBackend {
                 source: Some(Box::new(error)),
             }
         })?;
+        let container = Launching {
+            docker: self.docker.clone(),
+            id: created.id,
+            name: name.to_owned(),
+            settled: false,
+        };
         if !spec.files.is_empty()
-            && let Err(error) = self.upload_files(function, &created.id).await
+            && let Err(error) = self.upload_files(function, &container.id).await
         {
-            let _ = self.remove(&created.id).await;
+            self.discard(container).await;
             return Err(error);
         }
-        Ok(created.id)
+        Ok(container)
+    }
+
+    /// Removes the container of a failed launch before its error returns.
+    async fn discard(&self, container: Launching) {
+        if let Err(removal) = self.remove(&container.id).await {
+            tracing::warn!(target: "smgr::docker", container = %container.name, %removal, "removing a container that failed to start");
+        }
+        container.settle();
     }
 
     async fn upload_files(
@@ -671,7 +684,7 @@ async fn watch_events(
         let filters = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
             ("label".to_owned(), labels.clone()),
-            ("event".to_owned(), vec!["die".to_owned(), "oom".to_owned(), "kill".to_owned()]),
+            ("event".to_owned(), ["die", "oom", "kill", "destroy"].map(str::to_owned).to_vec()),
         ]);
         let options =
             EventsOptions { since: Some(since.to_string()), until: None, filters: Some(filters) };
@@ -692,7 +705,8 @@ async fn watch_events(
     }
 }
 
-/// Records the container of `event` as dead when the event says it died.
+/// Records the container of `event` as dead when the event says it died, and forgets it when
+/// it is removed (its last event).
 fn record_death(deaths: &Deaths, event: &EventMessage) {
     if event.typ != Some(EventMessageTypeEnum::CONTAINER) {
         return;
@@ -710,6 +724,10 @@ fn record_death(deaths: &Deaths, event: &EventMessage) {
         // A kill event is a signal sent; only SIGKILL is sure to end the container.
         Some("kill") if attributes.get("signal").map(String::as_str) == Some("9") => {
             "killed with SIGKILL".to_owned()
+        }
+        Some("destroy") => {
+            deaths.lock().remove(id);
+            return;
         }
         _ => return,
     };
@@ -822,15 +840,45 @@ pub fn check_spec(function: &FunctionSpec<DockerSpec>) -> Result<(), BackendErro
     Ok(())
 }
 
-/// The attempts to make one image present, one at a time (see
-/// [`DockerBackend::ensure_image`]).
-#[derive(Debug, Default)]
-struct ImageTurn {
-    /// Attempts ended.
-    attempts: AtomicU64,
-    /// Held during an attempt: how the last one failed, if it did.
-    last_error: tokio::sync::Mutex<Option<String>>,
+/// Removal by force, anonymous volumes included.
+fn remove_options() -> RemoveContainerOptions {
+    RemoveContainerOptions { v: true, force: true, ..Default::default() }
 }
+
+/// The container of a launch under way. Dropped unsettled — the launch was cancelled, by the
+/// pool's create timeout or its shutdown — it is removed in the background, so that a
+/// cancelled launch leaves no container running.
+struct Launching {
+    docker: Docker,
+    id: String,
+    name: String,
+    settled: bool,
+}
+
+impl Launching {
+    /// The container is the instance's now, or removed already: nothing is left to do.
+    fn settle(mut self) -> String {
+        self.settled = true;
+        std::mem::take(&mut self.id)
+    }
+}
+
+impl Drop for Launching {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
+        runtime.spawn(async move {
+            let _ = docker.remove_container(&id, Some(remove_options())).await;
+        });
+    }
+}
+
+/// The attempt to make one image present (see [`DockerBackend::ensure_image`]): held while it
+/// runs; how it failed, if it did.
+type ImageTurn = tokio::sync::Mutex<Option<String>>;
 
 /// A name for a new container: pool, function, instance, and what makes it unique.
 fn container_name(scope: &Scope, function: &FunctionName, id: InstanceId) -> String {
@@ -877,14 +925,14 @@ impl Backend for DockerBackend {
         let deadline = Instant::now() + function.spec.startup_timeout;
         let name = container_name(&self.scope, &function.name, id);
         let container = self.create(function, id, &name).await?;
-        match self.start_and_wait(function, &container, deadline).await {
+        match self.start_and_wait(function, &container.id, deadline).await {
             Ok(address) => {
                 tracing::debug!(
                     target: "smgr::docker", function = %function.name, instance = id.0,
                     container = %name, %address, "container ready"
                 );
                 let details = ContainerDetails {
-                    id: container,
+                    id: container.settle(),
                     name,
                     readiness: function.spec.readiness.clone(),
                     grace_period: function.spec.grace_period,
@@ -892,10 +940,7 @@ impl Backend for DockerBackend {
                 Ok(Instance::new(id, function.name.clone(), Endpoint::Http(address), details))
             }
             Err(error) => {
-                if let Err(removal) = self.remove(&container).await {
-                    tracing::warn!(target: "smgr::docker", container = %name, %removal, "removing a container that failed to start");
-                }
-                self.deaths.lock().remove(&container);
+                self.discard(container).await;
                 Err(error)
             }
         }
@@ -950,7 +995,6 @@ impl Backend for DockerBackend {
                 // 304: it had stopped already.
                 Err(error) if status_of(&error) == Some(304) => Termination::AlreadyGone,
                 Err(error) if status_of(&error) == Some(404) => {
-                    self.deaths.lock().remove(&details.id);
                     return Ok(Termination::AlreadyGone);
                 }
                 Err(error) => {
@@ -959,9 +1003,7 @@ impl Backend for DockerBackend {
                 }
             }
         };
-        let removed = self.remove(&details.id).await;
-        self.deaths.lock().remove(&details.id);
-        removed.map(|()| outcome)
+        self.remove(&details.id).await.map(|()| outcome)
     }
 
     async fn reap_orphans(&self) -> Result<Reaped, BackendError> {
@@ -1106,5 +1148,7 @@ mod tests {
         record_death(&deaths, &event("kill", &[("signal", "9")]));
         record_death(&deaths, &event("die", &[("exitCode", "137")]));
         assert_eq!(deaths.lock()["c1"], "killed with SIGKILL", "the cause is kept");
+        record_death(&deaths, &event("destroy", &[]));
+        assert!(deaths.lock().is_empty(), "a removed container is forgotten");
     }
 }

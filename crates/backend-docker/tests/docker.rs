@@ -267,6 +267,31 @@ async fn containers_of_a_sigkilled_owner_are_removed_by_the_next_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_launch_leaves_no_container() {
+    if testkit::skip_without_engine("a_cancelled_launch_leaves_no_container") {
+        return;
+    }
+    let scope = scope("cancelled");
+    let backend = connect(scope.clone()).await;
+    let mut spec = fixture(&image(&backend).await, &["--never-ready"]);
+    spec.startup_timeout = Duration::from_secs(120);
+    let function = FunctionSpec::new("cancelled", spec).unwrap();
+    // Dropped while it waits for readiness, as the pool's create timeout or its shutdown drops
+    // a launch.
+    let launch =
+        tokio::time::timeout(Duration::from_secs(3), backend.launch(&function, InstanceId(0)));
+    assert!(launch.await.is_err(), "a never-ready container is still waited for");
+    let start = std::time::Instant::now();
+    while leftovers(&backend, &scope).await > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the container of the cancelled launch is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_is_reported_as_events_and_a_failed_one_names_the_image() {
     if testkit::skip_without_engine("a_pull_is_reported_as_events...") {
         return;
