@@ -319,9 +319,9 @@ impl<T> State<T> {
         }
     }
 
-    /// When the creates' backoff ends, while it runs.
-    fn backing_off(&self, now: Instant) -> Option<Instant> {
-        self.backoff.as_ref().map(|(until, _)| *until).filter(|until| now < *until)
+    /// The creates' backoff (when it ends, and the error that started it), while it runs.
+    fn backing_off(&self, now: Instant) -> Option<&(Instant, Error)> {
+        self.backoff.as_ref().filter(|(until, _)| now < *until)
     }
 
     /// Acquires in the queue.
@@ -455,8 +455,7 @@ impl<T> State<T> {
         }
         // Nothing could serve it before the backoff ends — no instance, none being created —
         // and creates keep failing: waiting would end in a timeout that hides why. Say why now.
-        if let Some((until, error)) = &self.backoff
-            && now < *until
+        if let Some((_, error)) = self.backing_off(now)
             && self.size == self.retiring
             && self.creating == 0
         {
@@ -819,7 +818,7 @@ impl<T> State<T> {
 
         // Creates for the waiters and the warm minimum, after the backoff if one runs.
         effects.add_creates(self.creates_needed(now));
-        if let Some(until) = self.backing_off(now) {
+        if let Some(&(until, _)) = self.backing_off(now) {
             let live = self.size - self.retiring + self.creating;
             if self.waiters.len > 0 || live < self.config.min {
                 due(until);
