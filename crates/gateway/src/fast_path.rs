@@ -295,6 +295,14 @@ fn content_length(value: &[u8]) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
+fn put_status_line(out: &mut Vec<u8>, status: StatusCode, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -596,11 +604,7 @@ fn answer_head(buf: &[u8], head_only: bool, out: &mut Vec<u8>) -> Head {
     };
     // HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked.
     let mut reusable = !connection.close && (version == 1 || connection.keep_alive);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(answer.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    put_status_line(out, status, answer.reason.unwrap_or(""));
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut other_coding = false;
@@ -791,11 +795,7 @@ async fn write_response(
         return false;
     };
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(head.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    put_status_line(out, head.status, head.status.canonical_reason().unwrap_or(""));
     for (name, value) in &head.headers {
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }

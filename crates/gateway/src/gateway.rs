@@ -825,14 +825,8 @@ impl Sending {
         function: &FunctionPool,
         cause: &dyn std::fmt::Display,
     ) -> Response<Body> {
-        let instance = self.instance();
-        tracing::warn!(function = %function.name, %instance, %cause, "instance unreachable");
-        self.mark_broken();
-        error(
-            StatusCode::BAD_GATEWAY,
-            "instance_failed",
-            format!("the instance did not accept a connection: {cause}"),
-        )
+        let message = format!("the instance did not accept a connection: {cause}");
+        self.broken(function, cause, "instance unreachable", message)
     }
 
     /// The instance failed the request: it is replaced. Returns the answer for the client when
@@ -842,10 +836,21 @@ impl Sending {
         function: &FunctionPool,
         cause: &dyn std::fmt::Display,
     ) -> Response<Body> {
+        self.broken(function, cause, "instance failed", format!("the instance failed: {cause}"))
+    }
+
+    /// Logs `what` happened, marks the instance broken, and makes the client's 502.
+    fn broken(
+        &mut self,
+        function: &FunctionPool,
+        cause: &dyn std::fmt::Display,
+        what: &str,
+        message: String,
+    ) -> Response<Body> {
         let instance = self.instance();
-        tracing::warn!(function = %function.name, %instance, %cause, "instance failed");
+        tracing::warn!(function = %function.name, %instance, %cause, "{what}");
         self.mark_broken();
-        error(StatusCode::BAD_GATEWAY, "instance_failed", format!("the instance failed: {cause}"))
+        error(StatusCode::BAD_GATEWAY, "instance_failed", message)
     }
 }
 
