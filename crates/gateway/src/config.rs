@@ -166,7 +166,10 @@ pub struct FunctionDefaults {
     pub max_instances: usize,
     /// Requests one instance serves at once. Default 1.
     pub concurrency: usize,
-    /// Requests allowed to wait for an instance; one more is refused with 429. Default 64.
+    /// Requests allowed to wait for a busy instance; one more is refused with 429. Requests an
+    /// instance being started (or still allowed under `max_instances`) will serve do not
+    /// count; 0 refuses a request at once when every instance is busy and none may be added.
+    /// Default 64.
     pub queue_limit: usize,
     /// How long a request waits for an instance before it is refused with 503. Default 10 s.
     #[serde(with = "duration")]
@@ -1700,14 +1703,6 @@ fn settings_problems(settings: &FunctionDefaults) -> Vec<(Vec<&'static str>, Str
     if settings.concurrency == 0 {
         problems.push((vec!["concurrency"], "must be at least 1, got 0".to_owned()));
     }
-    if settings.queue_limit == 0 {
-        problems.push((
-            vec!["queue_limit"],
-            "must be at least 1, got 0 (with no queue, a request that finds every instance busy \
-             or still starting fails at once)"
-                .to_owned(),
-        ));
-    }
     let durations = [
         ("acquire_timeout", Some(settings.acquire_timeout), ""),
         ("startup_timeout", Some(settings.startup_timeout), ""),
@@ -3013,7 +3008,7 @@ min_instances = 5
 
 [functions."bad name"]
 command = ["x"]
-queue_limit = 0
+acquire_timeout = "0s"
 "#;
         assert_eq!(
             toml_errors(text),
@@ -3029,9 +3024,7 @@ queue_limit = 0
                  exceed max_instances (4)",
                 "smgr.toml:13:12: functions.\"bad name\": invalid function name \"bad name\": ' ' \
                  is not allowed (only ASCII letters, digits, '-' and '_')",
-                "smgr.toml:15:15: functions.\"bad name\".queue_limit: must be at least 1, got 0 \
-                 (with no queue, a request that finds every instance busy or still starting \
-                 fails at once)",
+                "smgr.toml:15:19: functions.\"bad name\".acquire_timeout: must be longer than zero",
             ]
         );
     }

@@ -154,3 +154,11 @@ fn the_config_schema_is_json_describing_the_functions() {
     assert!(reparsed["properties"]["functions"].is_object(), "{text}");
     assert!(text.contains("\"$schema\""), "{text}");
 }
+
+#[test]
+fn a_queue_limit_of_zero_is_taken_and_reaches_the_pool() {
+    let text = "[functions.hello]\ncommand = [\"x\"]\nqueue_limit = 0\n";
+    let config = Config::parse(text, Format::Toml, None, no_env()).unwrap();
+    let resolved = config.resolve(Path::new("/")).unwrap();
+    assert_eq!(resolved[0].pool.queue_limit, 0);
+}

@@ -27,13 +27,19 @@ pub struct PoolConfig {
     /// Instances kept warm: created in the background when the pool starts, restored after
     /// failures and destruction, and never evicted for being idle. Default 0.
     pub min: usize,
-    /// The most instances alive at once, counting those being created. Default 8.
+    /// The most instances alive at once, counting those being created and those waiting for
+    /// their leases to come back before they are destroyed. One handed to
+    /// [`Manager::destroy`](crate::Manager::destroy) no longer counts, so its replacement may
+    /// start while it stops. Default 8.
     pub max: usize,
     /// Leases one instance carries at once: 1 makes every lease exclusive, N lets N requests
     /// share an instance. Default 1.
     pub concurrency: usize,
-    /// Acquires allowed to wait at once; one more fails at once with
-    /// [`Error::QueueFull`]. 0 means an acquire never waits. Default 64.
+    /// Acquires allowed to wait for a busy instance to come back; one more fails at once with
+    /// [`Error::QueueFull`]. Acquires that the creates running or still allowed under `max`
+    /// will serve do not count, so a burst on a cold pool is not refused while it may grow.
+    /// 0 means an acquire takes a free instance, waits for a create of its own, or fails at
+    /// once. Default 64.
     pub queue_limit: usize,
     /// How long [`Pool::acquire`](crate::Pool::acquire) waits before failing with
     /// [`Error::Timeout`]. Default 30 s.
@@ -192,10 +198,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_finite() {
-        let config = PoolConfig::default();
+    fn an_empty_config_has_the_documented_defaults_and_round_trips() {
+        let config: PoolConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(config, PoolConfig::default());
         config.validate().unwrap();
-        assert!(config.acquire_timeout < Duration::from_secs(3600));
+        // Every default as the field docs give it, written the way a config file would.
+        let written = serde_json::to_value(&config).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({
+                "min": 0,
+                "max": 8,
+                "concurrency": 1,
+                "queue_limit": 64,
+                "acquire_timeout": "30s",
+                "create_timeout": "30s",
+                "max_concurrent_creates": 4,
+                "create_backoff": "100ms",
+                "create_backoff_max": "30s",
+                "idle_timeout": "5m",
+                "max_lifetime": null,
+                "max_uses": null,
+                "health_check_interval": "30s",
+                "health_check_timeout": "5s",
+                "selection": "most_recent",
+                "leak_threshold": null,
+                "destroy_grace": "10s",
+            })
+        );
+        let back: PoolConfig = serde_json::from_value(written).unwrap();
+        assert_eq!(back, config);
     }
 
     #[test]

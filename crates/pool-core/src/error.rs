@@ -14,7 +14,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The waiter queue was full, so the acquire failed at once instead of waiting.
     #[error(
-        "the pool's waiter queue is full ({limit} waiting, all {max} instances busy or being created)"
+        "the pool's waiter queue is full ({limit} waiting for a busy instance, all {max} instances busy or being created)"
     )]
     QueueFull {
         /// The configured `queue_limit`.

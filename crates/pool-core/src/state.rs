@@ -449,7 +449,12 @@ impl<T> State<T> {
         waker: Waker,
         effects: &mut Effects<T>,
     ) -> Result<(WaiterId, Arc<Mailbox<T>>)> {
-        if self.waiters.len >= self.config.queue_limit {
+        // The limit is on acquires waiting for a busy instance to come back: those that the
+        // creates running or still to start will serve do not count against it, so a burst on
+        // a cold pool is never refused while the pool may still grow for it.
+        let room = self.config.max.saturating_sub(self.size + self.creating);
+        let served_by_creates = (self.creating + room) * self.config.concurrency;
+        if self.waiters.len >= self.config.queue_limit + served_by_creates {
             self.counters.queue_full += 1;
             return Err(Error::QueueFull { limit: self.config.queue_limit, max: self.config.max });
         }

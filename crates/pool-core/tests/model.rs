@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{TestManager, run_ready_tasks};
+use common::{Probe, TestManager, run_ready_tasks};
 use parking_lot::Mutex;
 use pool_core::{Error, Lease, Pool, PoolConfig, Priority};
 use proptest::prelude::*;
@@ -29,6 +29,11 @@ enum Op {
     MarkBroken(usize),
     /// Make the next create fail.
     FailNextCreate,
+    /// Make creates from now on take this many milliseconds (past the 1 s create timeout,
+    /// they time out).
+    CreateDelay(u64),
+    /// Make the health checks of the n-th instance made so far (modulo their number) fail.
+    FailChecks(u64),
     /// Let this many milliseconds pass.
     Advance(u64),
     Resize {
@@ -46,6 +51,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => any::<usize>().prop_map(Op::Release),
         1 => any::<usize>().prop_map(Op::MarkBroken),
         1 => Just(Op::FailNextCreate),
+        1 => prop_oneof![Just(0u64), 1..1_500u64].prop_map(Op::CreateDelay),
+        1 => any::<u64>().prop_map(Op::FailChecks),
         3 => (1..2_500u64).prop_map(Op::Advance),
         1 => (0..4usize, 1..5usize).prop_map(|(min, max)| Op::Resize { min: min.min(max), max }),
         1 => (0..2_000u64).prop_map(Op::Shutdown),
@@ -79,6 +86,22 @@ struct Record {
     /// (started, ended, timeout) of every finished acquire.
     finished: Vec<(Instant, Instant, Duration)>,
     started: usize,
+    /// (started, timeout) of every acquire still running, by its number.
+    pending: BTreeMap<usize, (Instant, Duration)>,
+}
+
+/// What the model allows the pool's size to reach: `max`, or after a resize down the size the
+/// pool had then, shrinking as instances over the new `max` go and never growing again.
+struct Ceiling(usize);
+
+impl Ceiling {
+    fn resized(&mut self, max: usize, total: usize) {
+        self.0 = max.max(total.min(self.0.max(max)));
+    }
+
+    fn settle(&mut self, max: usize, total: usize) {
+        self.0 = max.max(total.min(self.0));
+    }
 }
 
 fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -93,17 +116,25 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let pool = Pool::new(manager, config.clone()).expect("a valid config");
         let record = Arc::new(Mutex::new(Record::default()));
         let mut closed = false;
+        let mut ceiling = Ceiling(config.max);
 
         for op in ops {
             match op {
                 Op::Acquire { priority, timeout_ms } => {
                     let (pool, record) = (pool.clone(), record.clone());
-                    record.lock().started += 1;
+                    let timeout = Duration::from_millis(timeout_ms);
+                    let started = Instant::now();
+                    let number = {
+                        let mut record = record.lock();
+                        record.started += 1;
+                        let number = record.started;
+                        record.pending.insert(number, (started, timeout));
+                        number
+                    };
                     tokio::spawn(async move {
-                        let timeout = Duration::from_millis(timeout_ms);
-                        let started = Instant::now();
                         let result = pool.acquire_with(priority, timeout).await;
                         let mut record = record.lock();
+                        record.pending.remove(&number);
                         record.finished.push((started, Instant::now(), timeout));
                         match result {
                             Ok(lease) => record.held.push(lease),
@@ -130,8 +161,19 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::FailNextCreate => {
                     probe.fail_creates.fetch_add(1, Ordering::SeqCst);
                 }
+                Op::CreateDelay(ms) => *probe.create_delay.lock() = Duration::from_millis(ms),
+                Op::FailChecks(n) => {
+                    let made = probe.creates_started.load(Ordering::SeqCst);
+                    if made > 0 {
+                        probe.failing_checks.lock().insert(n % made);
+                    }
+                }
                 Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-                Op::Resize { min, max } => pool.resize(min, max).expect("a valid size"),
+                Op::Resize { min, max } => {
+                    pool.resize(min, max).expect("a valid size");
+                    let status = pool.status();
+                    ceiling.resized(max, status.size + status.creating);
+                }
                 Op::Shutdown(ms) => {
                     let pool = pool.clone();
                     tokio::spawn(async move { pool.shutdown(Duration::from_millis(ms)).await });
@@ -139,7 +181,7 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             run_ready_tasks().await;
-            check_invariants(&pool, &record.lock(), closed)?;
+            check_invariants(&pool, &probe, &record.lock(), &mut ceiling, closed)?;
         }
 
         // Shut down for good, return every lease, and let everything finish.
@@ -174,18 +216,35 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 fn check_invariants(
     pool: &Pool<TestManager>,
+    probe: &Probe,
     record: &Record,
+    ceiling: &mut Ceiling,
     closed: bool,
 ) -> Result<(), TestCaseError> {
     let status = pool.status();
     let config = pool.config();
-    // Never above max: instances that take leases, plus creates, fit in `max`; instances
-    // over it after a resize down only wait for their leases to return.
+    // The pool's count is the manager's: every instance made and not destroyed is in it
+    // (destroys take no time here, and every ready task has run).
+    prop_assert_eq!(probe.live(), status.size as u64, "the pool lost count: {:?}", status);
+    // Never above max, counting creates and instances waiting to be destroyed; after a
+    // resize down, the instances over the new max only go.
+    let total = status.size + status.creating;
     prop_assert!(
-        status.size - status.retiring + status.creating <= config.max,
-        "above max: {status:?}"
+        total <= ceiling.0,
+        "above max {} (ceiling {}): {status:?}",
+        config.max,
+        ceiling.0
     );
+    ceiling.settle(config.max, total);
     prop_assert_eq!(status.leased, record.held.len());
+    // No acquire is still waiting after its timeout (the timer has a 1 ms granularity).
+    let now = Instant::now();
+    for (started, timeout) in record.pending.values() {
+        prop_assert!(
+            now <= *started + *timeout + Duration::from_millis(1),
+            "an acquire waits past its timeout of {timeout:?}"
+        );
+    }
     let mut per_instance: BTreeMap<u64, usize> = BTreeMap::new();
     for lease in &record.held {
         *per_instance.entry(lease.id().0).or_default() += 1;

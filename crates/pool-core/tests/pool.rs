@@ -23,14 +23,36 @@ fn pool(config: PoolConfig) -> (Pool<TestManager>, TestManager) {
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// Holds every create back until the returned gate is given permits.
+fn hold_creates(manager: &TestManager) -> Arc<Semaphore> {
+    let gate = Arc::new(Semaphore::new(0));
+    *manager.probe.create_gate.lock() = Some(gate.clone());
+    gate
+}
+
+/// Starts `n` acquires, each in its own task; a task's output keeps the lease it got.
+fn spawn_acquires(
+    pool: &Pool<TestManager>,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<pool_core::Result<pool_core::Lease<TestManager>>>> {
+    (0..n)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.acquire().await })
+        })
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn min_instances_are_created_in_the_background_and_restored() {
     let (pool, manager) = pool(PoolConfig { min: 2, ..config() });
+    let mut events = pool.subscribe();
     eventually("two warm instances", || pool.status().size == 2).await;
     assert_eq!(pool.status().idle, 2);
 
     // A broken instance is destroyed and replaced.
     let mut lease = pool.acquire().await.unwrap();
+    let broken = lease.id();
     lease.mark_broken();
     drop(lease);
     eventually("the broken instance is replaced", || {
@@ -38,6 +60,11 @@ async fn min_instances_are_created_in_the_background_and_restored() {
     })
     .await;
     assert_eq!(manager.probe.destroyed_serials().len(), 1);
+    let seen = drain(&mut events);
+    assert!(
+        seen.contains(&PoolEvent::Destroyed { instance: broken, reason: DestroyReason::Broken }),
+        "{seen:?}"
+    );
 
     // After failed creates, the minimum is restored once the backoff has passed.
     manager.probe.fail_creates.store(2, Ordering::SeqCst);
@@ -116,6 +143,7 @@ async fn creates_get_the_ids_events_use_and_the_manager_hears_of_each_lease() {
 #[tokio::test(start_paused = true)]
 async fn max_uses_retires_an_instance_only_once_it_is_idle() {
     let (pool, manager) = pool(PoolConfig { max_uses: Some(2), ..config() });
+    let mut events = pool.subscribe();
     let first = pool.acquire().await.unwrap();
     let id = first.id();
     drop(first);
@@ -126,8 +154,15 @@ async fn max_uses_retires_an_instance_only_once_it_is_idle() {
     drop(second);
     eventually("the used-up instance is destroyed", || manager.probe.destroyed_serials() == [0])
         .await;
+    let seen = drain(&mut events);
+    assert!(
+        seen.contains(&PoolEvent::Destroyed { instance: id, reason: DestroyReason::MaxUses }),
+        "{seen:?}"
+    );
     let third = pool.acquire().await.unwrap();
     assert_ne!(third.id(), id);
+    // The lease derefs to the instance the manager made.
+    assert_eq!(third.serial, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -199,6 +234,11 @@ async fn a_full_queue_fails_at_once_and_a_long_wait_times_out() {
     let error = pool.acquire().await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::ZERO, "a full queue must not wait");
     assert!(matches!(error, Error::QueueFull { limit: 1, max: 1 }), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "the pool's waiter queue is full (1 waiting for a busy instance, all 1 instances busy \
+         or being created)"
+    );
 
     let error = waiter.await.unwrap().unwrap_err();
     match error {
@@ -272,8 +312,7 @@ async fn a_waiter_whose_create_is_running_takes_an_instance_returned_meanwhile()
     let (pool, manager) = pool(PoolConfig { max: 2, ..config() });
     let held = pool.acquire().await.unwrap();
     let returned_id = held.id();
-    let gate = Arc::new(Semaphore::new(0));
-    *manager.probe.create_gate.lock() = Some(gate.clone());
+    let gate = hold_creates(&manager);
 
     let waiter = {
         let pool = pool.clone();
@@ -492,10 +531,9 @@ async fn dropping_the_pool_stops_its_background_task_and_destroys_its_instances(
     eventually("the idle instance is destroyed", || probe.destroyed.lock().len() == 1).await;
     drop(lease);
     eventually("the leased instance is destroyed on return", || probe.live() == 0).await;
-    // Nothing runs any more: no health check, and the manager itself has been dropped.
-    let checks = probe.checks.load(Ordering::SeqCst);
+    // Nothing runs any more: every task that held the pool, the background one included,
+    // held the manager with it, and the manager is gone.
     tokio::time::sleep(10 * SECOND).await;
-    assert_eq!(probe.checks.load(Ordering::SeqCst), checks);
     assert_eq!(Arc::strong_count(&probe), 1, "a task still holds the pool");
 }
 
@@ -549,7 +587,7 @@ async fn acquire_many(pool: &Pool<TestManager>, n: usize) -> Vec<pool_core::Leas
 }
 
 #[tokio::test(start_paused = true)]
-async fn detach_takes_the_instance_out_and_mark_broken_replaces_it() {
+async fn detach_takes_the_instance_out_and_the_minimum_is_restored() {
     let (pool, manager) = pool(PoolConfig { min: 1, ..config() });
     eventually("one warm instance", || pool.status().size == 1).await;
     let lease = pool.acquire().await.unwrap();
@@ -657,4 +695,296 @@ async fn an_acquire_dropped_after_being_served_returns_its_lease() {
     assert_eq!((status.leased, status.waiting, status.idle), (0, 0, 1), "{status:?}");
     let again = pool.acquire_with(Priority::Normal, SECOND).await;
     assert!(again.is_ok(), "the uncollected lease was not returned: {again:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_create_is_announced_with_its_error_the_failures_in_a_row_and_the_pause() {
+    let (pool, manager) = pool(PoolConfig {
+        min: 1,
+        create_backoff: Duration::from_millis(100),
+        create_backoff_max: Duration::from_secs(1),
+        ..config()
+    });
+    let mut events = pool.subscribe();
+    manager.probe.fail_creates.store(2, Ordering::SeqCst);
+    eventually("the warm instance after two failures", || pool.status().size == 1).await;
+    let failures: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter(|event| matches!(event, PoolEvent::CreateFailed { .. }))
+        .collect();
+    assert_eq!(
+        failures,
+        [
+            PoolEvent::CreateFailed {
+                error: "test manager: create 0 refused".into(),
+                consecutive_failures: 1,
+                backoff: Duration::from_millis(100),
+            },
+            PoolEvent::CreateFailed {
+                error: "test manager: create 1 refused".into(),
+                consecutive_failures: 2,
+                backoff: Duration::from_millis(200),
+            },
+        ]
+    );
+
+    // A success resets the count: the next failure is the first in a row again.
+    manager.probe.fail_creates.store(1, Ordering::SeqCst);
+    let mut lease = pool.acquire().await.unwrap();
+    lease.mark_broken();
+    drop(lease);
+    eventually("the minimum is restored", || {
+        pool.status().size == 1 && pool.status().counters.create_failures == 3
+    })
+    .await;
+    let again: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter_map(|event| match event {
+            PoolEvent::CreateFailed { consecutive_failures, backoff, .. } => {
+                Some((consecutive_failures, backoff))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, [(1, Duration::from_millis(100))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_failure_fails_only_the_waiters_no_running_create_covers() {
+    // Two leases an instance: five waiters start three creates, held at a gate.
+    let (pool, manager) = pool(PoolConfig { max: 4, concurrency: 2, ..config() });
+    let gate = hold_creates(&manager);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let waiters: Vec<_> = (0..5)
+        .map(|n| {
+            let (pool, order) = (pool.clone(), order.clone());
+            tokio::spawn(async move {
+                let result = pool.acquire().await;
+                order.lock().push(n);
+                result
+            })
+        })
+        .collect();
+    run_ready_tasks().await;
+    assert_eq!(pool.status().creating, 3);
+    assert_eq!(pool.status().waiting, 5);
+
+    // The first create through the gate fails. The two still running cover four waiters:
+    // only the fifth's worth fails, and that is the longest waiting, at once.
+    manager.probe.fail_creates.store(1, Ordering::SeqCst);
+    let start = Instant::now();
+    gate.add_permits(1);
+    run_ready_tasks().await;
+    assert_eq!(*order.lock(), [0], "exactly the first waiter failed");
+    assert_eq!(pool.status().waiting, 4);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+
+    // The two creates left serve the other four, two leases each.
+    gate.add_permits(2);
+    let mut results = Vec::new();
+    for waiter in waiters {
+        results.push(waiter.await.unwrap());
+    }
+    let [first, rest @ ..] = &results[..] else { unreachable!() };
+    assert!(matches!(first, Err(Error::Create(_))), "{first:?}");
+    assert!(rest.iter().all(Result::is_ok), "{rest:?}");
+    assert_eq!(pool.status().size, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn raising_max_serves_queued_waiters_without_waiting_for_a_return() {
+    let (pool, _manager) = pool(PoolConfig { max: 1, ..config() });
+    let held = pool.acquire().await.unwrap();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.acquire().await.map(|lease| lease.id()) })
+        })
+        .collect();
+    run_ready_tasks().await;
+    assert_eq!((pool.status().waiting, pool.status().creating), (2, 0), "max 1 is reached");
+
+    let start = Instant::now();
+    pool.resize(0, 3).unwrap();
+    for waiter in waiters {
+        let id = waiter.await.unwrap().unwrap();
+        assert_ne!(id, held.id(), "served by a new instance, not the held one");
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(pool.status().size, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_shared_instance_takes_no_new_lease_and_goes_when_every_lease_is_back() {
+    let (pool, manager) = pool(PoolConfig { max: 2, concurrency: 2, ..config() });
+    let mut events = pool.subscribe();
+    let mut first = pool.acquire().await.unwrap();
+    let second = pool.acquire().await.unwrap();
+    let broken = first.id();
+    assert_eq!(second.id(), broken, "both leases share the one instance");
+    first.mark_broken();
+    assert!(first.is_broken());
+    drop(first);
+    run_ready_tasks().await;
+    assert!(manager.probe.destroyed_serials().is_empty(), "destroyed under a lease");
+    assert_eq!(pool.status().retiring, 1);
+
+    let third = pool.acquire().await.unwrap();
+    assert_ne!(third.id(), broken, "a broken instance took a new lease");
+    drop(second);
+    eventually("the broken instance goes", || manager.probe.destroyed_serials() == [0]).await;
+    let seen = drain(&mut events);
+    assert!(
+        seen.contains(&PoolEvent::Destroyed { instance: broken, reason: DestroyReason::Broken }),
+        "{seen:?}"
+    );
+    assert_eq!((pool.status().size, pool.status().retiring), (1, 0));
+    drop(third);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_lease_cannot_be_detached() {
+    let (pool, manager) = pool(PoolConfig { max: 1, concurrency: 2, ..config() });
+    let first = pool.acquire().await.unwrap();
+    let second = pool.acquire().await.unwrap();
+    let first = match first.detach() {
+        Ok(_) => panic!("detached an instance another lease shares"),
+        Err(lease) => lease,
+    };
+    assert_eq!(pool.status().leased, 2, "the refused detach gave the lease back");
+    drop(second);
+    let instance = first.detach().expect("the only lease can take the instance");
+    assert_eq!(instance.serial, 0);
+    assert_eq!((pool.status().size, pool.status().leased), (0, 0));
+    run_ready_tasks().await;
+    assert!(manager.probe.destroyed_serials().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_more_than_max_concurrent_creates_run_at_once() {
+    let (pool, manager) = pool(PoolConfig { max: 8, max_concurrent_creates: 2, ..config() });
+    let gate = hold_creates(&manager);
+    // Each waiter keeps its lease, so each needs an instance of its own.
+    let waiters = spawn_acquires(&pool, 5);
+    run_ready_tasks().await;
+    assert_eq!(pool.status().creating, 2);
+    assert_eq!(manager.probe.creates_started.load(Ordering::SeqCst), 2);
+    // Each finished create lets the next one start, never more than two at a time.
+    for finished in 1..=3 {
+        gate.add_permits(1);
+        run_ready_tasks().await;
+        assert_eq!(manager.probe.created.load(Ordering::SeqCst), finished);
+        assert_eq!(pool.status().creating, 2, "after {finished} finished");
+    }
+    gate.add_permits(2);
+    let mut leases = Vec::new();
+    for waiter in waiters {
+        leases.push(waiter.await.unwrap().unwrap());
+    }
+    assert_eq!(manager.probe.creates_started.load(Ordering::SeqCst), 5);
+    assert_eq!(pool.status().size, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_skip_leased_instances_and_a_hanging_one_fails_at_its_timeout() {
+    let (pool, manager) = pool(PoolConfig {
+        max: 2,
+        health_check_interval: Some(10 * SECOND),
+        health_check_timeout: 3 * SECOND,
+        ..config()
+    });
+    let mut events = pool.subscribe();
+    let leased = pool.acquire().await.unwrap();
+    let idle = pool.acquire().await.unwrap();
+    assert_eq!((leased.serial, idle.serial), (0, 1));
+    drop(idle);
+    tokio::time::sleep(11 * SECOND).await;
+    run_ready_tasks().await;
+    assert_eq!(*manager.probe.checked.lock(), [1], "only the idle instance is checked");
+
+    // A check that hangs counts as failed once the timeout passes, not before: the next
+    // check starts at 20 s and times out at 23 s.
+    *manager.probe.check_delay.lock() = 60 * SECOND;
+    tokio::time::sleep(9 * SECOND).await;
+    run_ready_tasks().await;
+    assert_eq!(*manager.probe.checked.lock(), [1, 1]);
+    tokio::time::sleep(2 * SECOND).await;
+    run_ready_tasks().await;
+    assert!(manager.probe.destroyed_serials().is_empty(), "failed before the timeout");
+    tokio::time::sleep(SECOND).await;
+    eventually("the hanging instance is destroyed", || manager.probe.destroyed_serials() == [1])
+        .await;
+    let seen = drain(&mut events);
+    assert!(
+        seen.contains(&PoolEvent::HealthCheckFailed {
+            instance: pool_core::InstanceId(1),
+            error: "the health check took longer than 3s".into(),
+        }),
+        "{seen:?}"
+    );
+    drop(leased);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_limit_of_zero_never_waits_for_a_busy_instance() {
+    let (pool, manager) = pool(PoolConfig { max: 2, queue_limit: 0, ..config() });
+    // On an empty pool an acquire waits for the create it starts, not for a return.
+    let gate = hold_creates(&manager);
+    let [cold] = &mut spawn_acquires(&pool, 1)[..] else { unreachable!() };
+    run_ready_tasks().await;
+    assert_eq!((pool.status().waiting, pool.status().creating), (1, 1));
+    gate.add_permits(2);
+    let first = cold.await.unwrap().unwrap();
+    let second = pool.acquire().await.unwrap();
+    // Both instances busy and no room for a third: the next acquire fails at once.
+    let start = Instant::now();
+    let error = pool.acquire().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(matches!(error, Error::QueueFull { limit: 0, max: 2 }), "{error:?}");
+    drop((first, second));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_on_a_cold_pool_is_not_refused_while_the_pool_may_grow_for_it() {
+    // Room for four instances of two leases each, and one more acquire may wait beyond them.
+    let (pool, manager) = pool(PoolConfig { max: 4, concurrency: 2, queue_limit: 1, ..config() });
+    let gate = hold_creates(&manager);
+    let burst = spawn_acquires(&pool, 9);
+    run_ready_tasks().await;
+    assert_eq!((pool.status().waiting, pool.status().creating), (9, 4));
+    let error = pool.acquire().await.unwrap_err();
+    assert!(matches!(error, Error::QueueFull { limit: 1, max: 4 }), "{error:?}");
+
+    gate.add_permits(4);
+    run_ready_tasks().await;
+    let mut results = Vec::new();
+    for acquire in burst {
+        if acquire.is_finished() {
+            results.push(acquire.await.unwrap());
+        } else {
+            // The ninth waits for a busy instance; returning one serves it.
+            assert_eq!(pool.status().waiting, 1);
+            drop(results.pop());
+            results.push(acquire.await.unwrap());
+        }
+    }
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(pool.status().size, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_as_soon_as_the_last_lease_is_back() {
+    let (pool, manager) = pool(PoolConfig { max: 2, ..config() });
+    let leases = [pool.acquire().await.unwrap(), pool.acquire().await.unwrap()];
+    let shutdown = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.shutdown(60 * SECOND).await })
+    };
+    tokio::time::sleep(3 * SECOND).await;
+    drop(leases);
+    let report = shutdown.await.unwrap();
+    assert_eq!(report.elapsed, 3 * SECOND, "the shutdown waited past the last return");
+    assert_eq!((report.leases_returned, report.leases_abandoned), (2, 0));
+    assert_eq!(report.destroyed, 2);
+    assert_eq!(manager.probe.live(), 0);
 }

@@ -46,6 +46,10 @@ pub struct Probe {
     /// Serial numbers of the instances leased, in order.
     pub leased: Mutex<Vec<u64>>,
     pub destroy_delay: Mutex<Duration>,
+    /// How long each health check takes.
+    pub check_delay: Mutex<Duration>,
+    /// Serial numbers of the instances checked, in order.
+    pub checked: Mutex<Vec<u64>>,
 }
 
 impl Probe {
@@ -94,6 +98,11 @@ impl Manager for TestManager {
 
     async fn check(&self, instance: &TestInstance) -> Result<(), TestError> {
         self.probe.checks.fetch_add(1, Ordering::SeqCst);
+        self.probe.checked.lock().push(instance.serial);
+        let delay = *self.probe.check_delay.lock();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         if self.probe.failing_checks.lock().contains(&instance.serial) {
             return Err(TestError(format!("instance {} is unwell", instance.serial)));
         }
