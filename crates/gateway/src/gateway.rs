@@ -35,7 +35,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the gateway sends.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-use crate::any::AnyManager as Manager;
+use crate::any::{AnyManager as Manager, CustomBackend};
 use crate::config::BackendSpec;
 
 /// One function to serve: its name, its pool's limits and how to run it.
@@ -73,10 +73,29 @@ pub enum GatewayError {
     Duplicate(String),
 }
 
+/// A function on a backend the program brings (see [`GatewayBuilder::custom_function`]).
+struct CustomSetup {
+    name: FunctionName,
+    pool: PoolConfig,
+    backend: Box<dyn CustomBackend>,
+    /// Makes the function's manager once its backend's orphans are reaped.
+    manager: Box<dyn FnOnce() -> Result<Manager, pool_core::BackendError> + Send>,
+}
+
+impl std::fmt::Debug for CustomSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomSetup")
+            .field("name", &self.name)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Builds a [`Gateway`]: functions, limits, the admin token.
 #[derive(Debug)]
 pub struct GatewayBuilder {
     functions: Vec<FunctionSetup>,
+    custom: Vec<CustomSetup>,
     pool: String,
     state_dir: Option<PathBuf>,
     admin_token: Option<String>,
@@ -94,6 +113,7 @@ impl Default for GatewayBuilder {
         let server = crate::config::ServerConfig::default();
         Self {
             functions: Vec::new(),
+            custom: Vec::new(),
             pool: server.pool,
             state_dir: server.state_dir,
             admin_token: server.admin_token,
@@ -111,6 +131,35 @@ impl GatewayBuilder {
     /// Serves `function`.
     pub fn function(mut self, function: FunctionSetup) -> Self {
         self.functions.push(function);
+        self
+    }
+
+    /// Serves `name` from instances of a backend the program brings: any
+    /// [`pool_core::Backend`] whose instances take HTTP at an [`Endpoint::Http`] address.
+    /// At start the gateway reaps what dead owners left on the backend (once per backend,
+    /// however many functions it runs), has it validate `spec`, and pools its instances like
+    /// those of the built-in backends; `/admin/pools` names the backend by its
+    /// [`kind`](pool_core::Backend::kind). The backend should stamp its instances with the
+    /// same [`Scope`] the gateway uses ([`Scope::current`] of the [`pool_name`]).
+    ///
+    /// [`pool_name`]: Self::pool_name
+    pub fn custom_function<B: Backend>(
+        mut self,
+        name: FunctionName,
+        pool: PoolConfig,
+        backend: Arc<B>,
+        spec: B::Spec,
+    ) -> Self {
+        let function = pool_core::FunctionSpec { name: name.clone(), spec };
+        let manager_backend = backend.clone();
+        self.custom.push(CustomSetup {
+            name,
+            pool,
+            backend: Box::new(backend),
+            manager: Box::new(move || {
+                FunctionManager::new(manager_backend, function).map(Manager::new)
+            }),
+        });
         self
     }
 
@@ -193,20 +242,32 @@ impl GatewayBuilder {
         } else {
             None
         };
+        let mut reaped_backends = Vec::new();
+        for setup in &self.custom {
+            let identity = setup.backend.identity();
+            if reaped_backends.contains(&identity) {
+                continue;
+            }
+            reaped_backends.push(identity);
+            let reaped = setup.backend.reap_orphans().await?;
+            if reaped.instances > 0 {
+                tracing::info!(
+                    pool = %self.pool, backend = setup.backend.kind(), owners = reaped.owners,
+                    instances = reaped.instances,
+                    "reaped the instances a previous gateway left behind"
+                );
+            }
+        }
         let monitor = Monitor::start(self.monitor.clone())?;
         let registry = monitor.registry().clone();
-        let mut functions = BTreeMap::new();
+        let mut managers = Vec::new();
         for setup in self.functions {
-            let name = setup.name.to_string();
-            if functions.contains_key(&name) {
-                return Err(GatewayError::Duplicate(name));
-            }
             let manager = match (setup.spec, &docker) {
-                (BackendSpec::Process(spec), _) => Manager::Process(FunctionManager::new(
+                (BackendSpec::Process(spec), _) => Manager::new(FunctionManager::new(
                     backend.clone(),
                     pool_core::FunctionSpec { name: setup.name.clone(), spec },
                 )?),
-                (BackendSpec::Docker(spec), Some(docker)) => Manager::Docker(FunctionManager::new(
+                (BackendSpec::Docker(spec), Some(docker)) => Manager::new(FunctionManager::new(
                     docker.clone(),
                     pool_core::FunctionSpec { name: setup.name.clone(), spec },
                 )?),
@@ -214,7 +275,18 @@ impl GatewayBuilder {
                     unreachable!("connected when a function needs it")
                 }
             };
-            let pool = Pool::new(manager, setup.pool)
+            managers.push((setup.name, setup.pool, manager));
+        }
+        for setup in self.custom {
+            managers.push((setup.name, setup.pool, (setup.manager)()?));
+        }
+        let mut functions = BTreeMap::new();
+        for (name, pool, manager) in managers {
+            let name = name.to_string();
+            if functions.contains_key(&name) {
+                return Err(GatewayError::Duplicate(name));
+            }
+            let pool = Pool::new(manager, pool)
                 .map_err(|source| GatewayError::Pool { function: name.clone(), source })?;
             tokio::spawn(log_events(name.clone(), pool.subscribe()));
             let labels = [("function", name.as_str())];

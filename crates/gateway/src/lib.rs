@@ -11,9 +11,12 @@
 //! # Embedding
 //!
 //! [`Gateway::builder`] takes functions ([`FunctionSetup`]: a name, pool limits and a
-//! process or Docker spec), limits and an admin token; [`GatewayBuilder::start`] reaps what a dead
-//! predecessor left and starts the pools; [`Gateway::serve`] serves HTTP on a listener until a
-//! shutdown future completes, then drains. [`config`] reads `smgr`'s config files.
+//! process or Docker spec, or [`GatewayBuilder::custom_function`]: any
+//! [`pool_core::Backend`] of the program's own with its spec), limits and an admin token;
+//! [`GatewayBuilder::start`] reaps what a dead predecessor left and starts the pools;
+//! [`Gateway::serve`] serves HTTP on a listener until a shutdown future completes, then
+//! drains. [`config`] reads `smgr`'s config files. `tests/library.rs` embeds it with a
+//! backend of its own.
 //!
 //! # Feature flags
 //!
