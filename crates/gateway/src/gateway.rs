@@ -338,6 +338,7 @@ impl GatewayBuilder {
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |elapsed| elapsed.as_nanos())
                 ),
+                docker,
             }),
         })
     }
@@ -432,6 +433,8 @@ pub(crate) struct Shared {
     pub(crate) next_request: AtomicU64,
     /// `smgr-<start time in hex>-`: request ids are this and a counter.
     pub(crate) request_prefix: String,
+    /// The Docker backend, when a function runs on it.
+    docker: Option<Arc<DockerBackend>>,
 }
 
 /// The gateway: serves its functions over HTTP. See the crate docs.
@@ -513,6 +516,28 @@ impl Gateway {
             destroyed += function.pool.shutdown(deadline).await.destroyed;
         }
         destroyed
+    }
+
+    /// Stops the instances that would outlive the program at once, without waiting for
+    /// leases or a grace period: closes every pool, so that none starts another instance, and
+    /// removes every container of this gateway until the engine lists none (a launch under way
+    /// may still create one). Child processes need nothing: they are killed when the program
+    /// exits (a parent-death signal). For a program about to exit that cannot wait for
+    /// [`shutdown_pools`](Self::shutdown_pools); returns the containers removed.
+    pub async fn stop_instances_now(&self) -> Result<usize, pool_core::BackendError> {
+        for function in self.shared.functions.values() {
+            let pool = function.pool.clone();
+            tokio::spawn(async move { pool.shutdown(Duration::ZERO).await });
+        }
+        let Some(docker) = &self.shared.docker else { return Ok(0) };
+        let mut removed = 0;
+        loop {
+            match docker.remove_own_containers().await? {
+                0 => return Ok(removed),
+                now => removed += now,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

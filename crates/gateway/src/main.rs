@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -239,7 +240,11 @@ async fn serve(
     };
     let bound = listener.local_addr().unwrap_or(address);
     tracing::info!(%bound, "smgr listening");
-    let report = gateway.serve(listener, first_signal()).await;
+    let report = gateway.serve(listener, first_signal(gateway.clone())).await;
+    if STOPPING_AT_ONCE.load(Ordering::SeqCst) {
+        // The second signal's task ends the process, once it has removed the containers.
+        std::future::pending::<()>().await;
+    }
     tracing::info!(
         drained = report.drained,
         destroyed = report.instances_destroyed,
@@ -255,9 +260,13 @@ async fn serve(
     }
 }
 
-/// Resolves at the first SIGTERM or SIGINT; a second one ends the process at once (its
-/// instances die with it: they carry a parent-death signal).
-async fn first_signal() {
+/// Set at the second signal: the process ends with status 130 whatever the drain does.
+static STOPPING_AT_ONCE: AtomicBool = AtomicBool::new(false);
+
+/// Resolves at the first SIGTERM or SIGINT; a second one ends the process at once: child
+/// processes die with it (they carry a parent-death signal), and its containers are removed
+/// first (for at most 10 s: an engine that does not answer must not keep smgr running).
+async fn first_signal(gateway: Gateway) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
@@ -275,7 +284,13 @@ async fn first_signal() {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
         }
+        STOPPING_AT_ONCE.store(true, Ordering::SeqCst);
         eprintln!("smgr: second signal: stopping at once");
+        match tokio::time::timeout(Duration::from_secs(10), gateway.stop_instances_now()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => eprintln!("smgr: could not remove every container: {error}"),
+            Err(_) => eprintln!("smgr: the Docker Engine did not answer within 10 s"),
+        }
         std::process::exit(130);
     });
 }

@@ -723,14 +723,17 @@ max_instances = 2
     let mut server = start("second-signal", config, &[]);
     wait_until(Duration::from_secs(30), || instance_pids(&server).len() == 2);
     let pids = instance_pids(&server);
+    two_signals_during_a_slow_request(&mut server, "echo");
+    wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| gone(pid)));
+}
+
+/// Sends smgr two SIGTERMs while a 20 s request to `function` keeps the first one's drain
+/// waiting; checks that it exits at once with status 130.
+fn two_signals_during_a_slow_request(server: &mut Server, function: &str) {
     let address = server.address;
-    let slow = std::thread::spawn(move || {
-        exchange(
-            address,
-            b"GET /fn/echo/sleep/20000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .0
-    });
+    let request =
+        format!("GET /fn/{function}/sleep/20000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let slow = std::thread::spawn(move || exchange(address, request.as_bytes()).0);
     std::thread::sleep(Duration::from_millis(500));
     let smgr = server.child.id().to_string();
     Command::new("kill").args(["-TERM", &smgr]).status().unwrap();
@@ -739,7 +742,6 @@ max_instances = 2
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "a second signal exits non-zero at once");
     let _ = slow.join();
-    wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| gone(pid)));
 }
 
 #[test]
@@ -876,12 +878,10 @@ fn containers_of(
     })
 }
 
-#[test]
-fn docker_functions_are_served_and_a_sigkilled_gateway_leaves_nothing_after_a_restart() {
-    if backend_docker::testkit::skip_without_engine("docker_functions_are_served...") {
-        return;
-    }
-    let pool = format!("t{}-docker", std::process::id());
+/// For the Docker tests of gateway `name`: a runtime, a backend of its pool to look at the
+/// engine with, and a config serving the fixture image as function `boxed` (two instances).
+fn docker_gateway(name: &str) -> (tokio::runtime::Runtime, backend_docker::DockerBackend, String) {
+    let pool = format!("t{}-{name}", std::process::id());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let scope = pool_core::Scope::current(pool_core::PoolName::new(&pool).unwrap());
     let (backend, image) = runtime.block_on(async {
@@ -895,6 +895,7 @@ fn docker_functions_are_served_and_a_sigkilled_gateway_leaves_nothing_after_a_re
 [server]
 pool = "{pool}"
 state_dir = "{state}"
+shutdown_timeout = "60s"
 
 [functions.boxed]
 backend = "docker"
@@ -905,6 +906,15 @@ min_instances = 2
 max_instances = 2
 "#
     .replace("{image}", &image);
+    (runtime, backend, config)
+}
+
+#[test]
+fn docker_functions_are_served_and_a_sigkilled_gateway_leaves_nothing_after_a_restart() {
+    if backend_docker::testkit::skip_without_engine("docker_functions_are_served...") {
+        return;
+    }
+    let (runtime, backend, config) = docker_gateway("docker");
     let mut first = start("docker", &config, &[]);
     let (code, headers, body) = exchange(
         first.address,
@@ -944,6 +954,20 @@ max_instances = 2
     assert!(status.success(), "{status}");
     let after = containers_of(&runtime, &backend);
     assert!(after.is_empty(), "nothing is left: {after:?}");
+}
+
+#[test]
+fn a_second_signal_removes_a_docker_gateways_containers_before_it_exits() {
+    if backend_docker::testkit::skip_without_engine("a_second_signal_removes...") {
+        return;
+    }
+    let (runtime, backend, config) = docker_gateway("docker-second-signal");
+    let mut server = start("docker-second-signal", &config, &[]);
+    wait_until(Duration::from_secs(30), || containers_of(&runtime, &backend).len() == 2);
+    two_signals_during_a_slow_request(&mut server, "boxed");
+    // Containers do not die with smgr: it removed them before it exited.
+    let left = containers_of(&runtime, &backend);
+    assert!(left.is_empty(), "containers outlived the second signal: {left:?}");
 }
 
 #[test]

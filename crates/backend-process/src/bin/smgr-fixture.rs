@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `GET /healthz` answers 200; `GET /env` answers the environment, one `NAME=value` a line,
-//! sorted; every other request answers 200 with the instance's identity and how it got its
+//! sorted; `/sleep/{ms}` answers as below after that many milliseconds; every other request answers 200 with the instance's identity and how it got its
 //! socket (`listen=activated` or `listen=port`), or with the request body under `--echo`. Each
 //! connection serves one request and is closed, unless `--keep-alive` (for benchmarks): then it
 //! serves requests until the client closes it or sends `Connection: close`. It listens on
@@ -226,6 +226,9 @@ fn serve(
     let mut body = vec![0; length.min(16 << 20)];
     reader.read_exact(&mut body)?;
     let counted = path != "/healthz";
+    if let Some(ms) = path.strip_prefix("/sleep/").and_then(|ms| ms.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let answer = if !counted {
         b"ok\n".to_vec()
     } else if path == "/env" {
