@@ -501,9 +501,12 @@ async fn answer(
                 Ok((stream, head)) => {
                     return Ok(Answer { lease: lease.release(), cold, stream, headers, head });
                 }
-                // The instance closed a kept connection as the request went out (its idle
-                // timeout): it never saw the request; send it on a fresh connection.
-                Err(Failed::Stale) if reused => {}
+                // The instance closed a kept connection as the request went out: most likely
+                // its idle timeout, and it never saw the request; send it on a fresh
+                // connection. But it may also have died of the request, so only a request
+                // that is safe to repeat goes again (one that is not was sent on a connection
+                // just checked for a close, which makes the first case rare).
+                Err(Failed::Stale) if reused && plan.repeatable => {}
                 Err(Failed::Stale) => {
                     break "the instance closed the connection without answering".to_owned();
                 }

@@ -1245,9 +1245,11 @@ impl FunctionPool {
         let mut connections = self.connections.lock();
         let upstream = connections.get_mut(&instance)?;
         while let Some(stream) = upstream.raw.pop() {
+            // A peek at the socket itself: tokio's `try_read` answers from the readiness its
+            // driver last saw, and may not have seen the instance's close yet.
             let open = !check
                 || matches!(
-                    stream.try_read(&mut [0; 1]),
+                    socket2::SockRef::from(&stream).peek(&mut [std::mem::MaybeUninit::uninit()]),
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
                 );
             if open {

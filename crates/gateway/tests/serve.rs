@@ -86,7 +86,10 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// One HTTP/1.1 exchange: status, headers (lower-case names), body.
-fn exchange(address: SocketAddr, request: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+/// An answer: its status, its headers and its body.
+type Exchanged = (u16, Vec<(String, String)>, Vec<u8>);
+
+fn exchange(address: SocketAddr, request: &[u8]) -> Exchanged {
     let Ok(mut stream) = TcpStream::connect(address) else { return (0, Vec::new(), Vec::new()) };
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     if stream.write_all(request).is_err() {
@@ -139,6 +142,15 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 fn error_code(body: &[u8]) -> String {
     let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     value["error"]["code"].as_str().unwrap_or("").to_owned()
+}
+
+/// A config of one function, `echo`, with one instance, and `extra` in its table.
+fn one_echo(extra: &str) -> String {
+    format!(
+        "[server]\npool = \"{{pool}}\"\nstate_dir = \"{{state}}\"\n\n[functions.echo]\n\
+         command = [\"{{smgr}}\", \"demo-function\", \"echo\"]\nmin_instances = 1\n\
+         max_instances = 1\n{extra}\n"
+    )
 }
 
 const ECHO: &str = r#"
@@ -243,6 +255,9 @@ startup_timeout = "2s"
         String::from_utf8_lossy(&body).contains("no demo function named"),
         "the backend's message"
     );
+    let (_, metrics) = get(&server, "/metrics");
+    assert!(metrics.contains("smgr_launch_failures_total{function=\"broken\"} 1"), "{metrics}");
+    assert!(metrics.contains("smgr_launch_failures_total{function=\"echo\"} 0"), "{metrics}");
 
     // One instance, held 5 s by a slow request that the 2 s request timeout ends: a second
     // request waits in the queue (limit 1) and gives up after its 1 s acquire timeout; a third,
@@ -358,6 +373,39 @@ fn a_non_loopback_address_without_a_token_is_refused() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("refusing to listen on 0.0.0.0:0 without an admin token"), "{stderr}");
     assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
+
+    // From a config, the message says where the token goes.
+    let config = dir.join("smgr.toml");
+    std::fs::write(&config, "[server]\nlisten = \"0.0.0.0:0\"\n").unwrap();
+    let output = Command::new(SMGR)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("SMGR_ADMIN_TOKEN")
+        .output()
+        .expect("smgr runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("set server.admin_token_env or server.admin_token in the config"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn insecure_no_auth_serves_a_non_loopback_address_with_open_admin_routes() {
+    let port = free_port();
+    let child = Command::new(SMGR)
+        .args(["serve", "--listen", &format!("0.0.0.0:{port}"), "--insecure-no-auth"])
+        .env_remove("SMGR_ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, address: ([127, 0, 0, 1], port).into() };
+    wait_until(Duration::from_secs(30), || get(&server, "/readyz").0 == 200);
+    let (code, body) = get(&server, "/admin/pools");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""function":"hello""#), "{body}");
+    assert_eq!(get(&server, "/fn/hello/").0, 200);
 }
 
 #[test]
@@ -399,17 +447,7 @@ acquire_timeout = "30s"
 
 #[test]
 fn an_instance_killed_mid_run_is_replaced() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
-min_instances = 1
-max_instances = 1
-health_check_interval = "200ms"
-"#;
+    let config = &one_echo("health_check_interval = \"200ms\"");
     let server = start("kill", config, &[]);
     let (code, headers, _) =
         exchange(server.address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -429,6 +467,47 @@ health_check_interval = "200ms"
         instances.push(header(&headers, "x-smgr-instance").unwrap().to_owned());
     }
     assert!(instances.iter().all(|instance| *instance != first), "{first} {instances:?}");
+}
+
+#[test]
+fn a_request_that_finds_its_instance_dead_before_sending_is_retried_on_a_new_one() {
+    // No health checks: the pool learns of the death only when a request finds it.
+    let config = &one_echo("health_check_interval = \"off\"");
+    let server = start("retry", config, &[]);
+    let requests: [&[u8]; 2] = [
+        b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        // Not safe to repeat, but its body was not sent yet when the connection failed.
+        b"POST /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+    ];
+    for (round, request) in requests.into_iter().enumerate() {
+        let (code, headers, _) = exchange(
+            server.address,
+            b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(code, 200);
+        let before = header(&headers, "x-smgr-instance").unwrap().to_owned();
+        let [pid] = instance_pids(&server)[..] else { panic!("one instance") };
+        let (_, pools) = get(&server, "/admin/pools");
+        let pools: serde_json::Value = serde_json::from_str(&pools).unwrap();
+        let endpoint = pools["pools"][0]["instances"][0]["endpoint"].as_str().unwrap().to_owned();
+        let port: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+        Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+        // Dead, sockets and all: a zombie's other threads may still hold them for a moment.
+        wait_until(Duration::from_secs(10), || {
+            gone(pid) && std::net::TcpStream::connect(port).is_err()
+        });
+
+        let (code, headers, body) = exchange(server.address, request);
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200, "round {round}: {body}");
+        if round == 1 {
+            assert!(body.ends_with("\n\nhello"), "the body reached the new instance: {body}");
+        }
+        assert_ne!(header(&headers, "x-smgr-instance").unwrap(), before, "round {round}");
+        assert_eq!(header(&headers, "x-smgr-cold-start"), Some("true"), "round {round}");
+    }
+    let (_, metrics) = get(&server, "/metrics");
+    assert!(metrics.contains("smgr_cold_starts_total{function=\"echo\"} 2"), "{metrics}");
 }
 
 fn instance_pids(server: &Server) -> Vec<u32> {
@@ -673,38 +752,53 @@ fn config_schema_prints_the_json_schema() {
 }
 
 #[test]
-fn an_instance_dying_under_a_request_with_a_body_is_a_502_instance_failed() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
-min_instances = 1
-max_instances = 1
-"#;
+fn an_instance_dying_under_a_request_fails_a_post_and_retries_a_get() {
+    let config = &one_echo("");
     let server = start("instance-failed", config, &[]);
-    let pid = instance_pids(&server)[0];
-    let address = server.address;
+    const POST: &[u8] = b"POST /fn/echo/sleep/3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbody";
     // A POST with a body is not safe to repeat: once sent, a failure is the client's to see.
-    let request = std::thread::spawn(move || {
-        exchange(address, b"POST /fn/echo/sleep/3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbody")
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
-    let (code, _, body) = request.join().unwrap();
+    let (pid, (code, _, body)) = killed_under(&server, POST);
     assert_eq!(
         (code, error_code(&body)),
         (502, "instance_failed".to_owned()),
         "{}",
         String::from_utf8_lossy(&body)
     );
-    // The broken instance is replaced.
-    let (code, _, _) =
-        exchange(address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_eq!(code, 200);
+    // The broken instance is replaced (the minimum is 1).
+    wait_until(
+        Duration::from_secs(10),
+        || matches!(instance_pids(&server)[..], [new] if new != pid),
+    );
+
+    // A GET is safe to repeat: sent (on a new connection, the instance's first), and its
+    // instance dying under it, it goes to a new one.
+    let (pid, (code, headers, body)) = killed_under(
+        &server,
+        b"GET /fn/echo/sleep/2000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&headers, "x-smgr-cold-start"), Some("true"), "served by a new instance");
     assert!(!instance_pids(&server).contains(&pid));
+
+    // The GET left a kept connection to the new instance. A POST sent on it, whose instance
+    // dies under it, is not sent again either.
+    let (_, (code, _, body)) = killed_under(&server, POST);
+    assert_eq!(
+        (code, error_code(&body)),
+        (502, "instance_failed".to_owned()),
+        "the instance saw the POST: it must not go to another: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// Sends `request` and kills the function's one instance 500 ms later; its pid and the answer.
+fn killed_under(server: &Server, request: &'static [u8]) -> (u32, Exchanged) {
+    let [pid] = instance_pids(server)[..] else { panic!("one instance") };
+    let address = server.address;
+    let sent = std::thread::spawn(move || exchange(address, request));
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    (pid, sent.join().unwrap())
 }
 
 #[test]
@@ -778,16 +872,7 @@ fn without_a_config_the_demo_functions_are_served_and_logs_can_be_json() {
 
 #[test]
 fn connections_to_instances_are_kept_alive_between_requests() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
-min_instances = 1
-max_instances = 1
-"#;
+    let config = &one_echo("");
     let server = start("keepalive", config, &[]);
     assert_eq!(get(&server, "/fn/echo/").0, 200);
     let (_, body) = get(&server, "/admin/pools");
