@@ -435,14 +435,18 @@ acquire_timeout = "30s"
         })
         .collect();
     let mut codes = std::collections::BTreeMap::new();
+    let mut instances = std::collections::BTreeSet::new();
     for (i, thread) in threads.into_iter().enumerate() {
-        let (code, _, body) = thread.join().unwrap();
+        let (code, headers, body) = thread.join().unwrap();
         if code == 200 {
             assert!(String::from_utf8_lossy(&body).starts_with(&format!("GET /{i}\n")));
+            instances.insert(header(&headers, "x-smgr-instance").unwrap_or_default().to_owned());
         }
         *codes.entry(code).or_insert(0) += 1;
     }
     assert_eq!(codes.get(&200), Some(&200), "{codes:?}");
+    // Served by at most `max_instances` instances, never more.
+    assert!((1..=4).contains(&instances.len()), "{instances:?}");
 }
 
 #[test]
@@ -552,13 +556,73 @@ queue_limit = 100
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let pids = instance_pids(&server);
+    let pool = format!("t{}-sigterm", std::process::id());
+    let pids = processes_of_pool(&pool);
+    assert!(pids.len() >= 4, "{pids:?}");
     Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    // It stops accepting at once, while the requests in flight go on.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(TcpStream::connect(address).is_err(), "a connection was accepted after SIGTERM");
     let codes: Vec<u16> = threads.into_iter().map(|thread| thread.join().unwrap()).collect();
     assert!(codes.iter().all(|code| *code == 200), "{codes:?}");
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert_gone(&pids);
+    // Nothing of the pool runs, instances started after the first look included.
+    assert_eq!(processes_of_pool(&pool), [] as [u32; 0], "processes of the pool remain");
+}
+
+#[test]
+fn a_sigkilled_gateways_leftover_processes_are_reaped_at_the_next_start_and_sigint_stops() {
+    // Each instance starts a helper that outlives it; both runs share one state directory.
+    let state = scratch("reap-state");
+    let config = format!(
+        r#"
+[server]
+pool = "{{pool}}"
+state_dir = "{}"
+
+[functions.echo]
+command = ["sh", "-c", "sleep 600 & exec \"$0\" demo-function echo", "{{smgr}}"]
+min_instances = 1
+max_instances = 1
+"#,
+        state.display()
+    );
+    let pool = format!("t{}-reap", std::process::id());
+    let mut first = start("reap", &config, &[]);
+    wait_until(Duration::from_secs(30), || processes_of_pool(&pool).len() == 2);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // The instance dies with the gateway (its parent-death signal); its helper does not.
+    wait_until(Duration::from_secs(10), || processes_of_pool(&pool).len() == 1);
+    let left = processes_of_pool(&pool);
+
+    let mut second = start("reap", &config, &[]);
+    assert!(left.iter().all(|&pid| gone(pid)), "the next start left {left:?} running");
+    wait_until(Duration::from_secs(30), || processes_of_pool(&pool).len() == 2);
+    assert_eq!(get(&second, "/fn/echo/").0, 200);
+
+    // SIGINT (Ctrl-C) stops it as SIGTERM does: exit 0, and nothing of the pool left.
+    Command::new("kill").args(["-INT", &second.child.id().to_string()]).status().unwrap();
+    let status = second.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(processes_of_pool(&pool), [] as [u32; 0], "processes of the pool remain");
+}
+
+/// The running processes (zombies aside) whose environment names `pool` as theirs: every
+/// instance the process backend started for it, and whatever those started.
+fn processes_of_pool(pool: &str) -> Vec<u32> {
+    let entry = format!("SMGR_POOL={pool}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| !gone(pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| environ.split(|&b| b == 0).any(|var| var == entry.as_bytes()))
+        })
+        .collect()
 }
 
 #[test]
