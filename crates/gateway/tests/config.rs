@@ -162,3 +162,32 @@ fn a_queue_limit_of_zero_is_taken_and_reaches_the_pool() {
     let resolved = config.resolve(Path::new("/")).unwrap();
     assert_eq!(resolved[0].pool.queue_limit, 0);
 }
+
+#[test]
+fn docs_configuration_names_every_key_of_the_schema() {
+    fn keys(value: &serde_json::Value, found: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(properties)) = map.get("properties") {
+                    found.extend(properties.keys().cloned());
+                }
+                map.values().for_each(|value| keys(value, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|value| keys(value, found)),
+            _ => {}
+        }
+    }
+    let mut found = std::collections::BTreeSet::new();
+    keys(&schema(), &mut found);
+    assert!(found.len() > 30, "the schema's keys were not found: {found:?}");
+    let docs = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
+    // Each key as a word of the page: most stand in its tables as `key`, the keys of inline
+    // tables in the form of their value (`{ memory = SIZE, cpus = NUMBER, ... }`).
+    let words: std::collections::BTreeSet<&str> =
+        docs.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).collect();
+    let missing: Vec<_> = found.iter().filter(|key| !words.contains(key.as_str())).collect();
+    assert!(missing.is_empty(), "docs/configuration.md does not name {missing:?}");
+}

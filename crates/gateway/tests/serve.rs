@@ -306,25 +306,60 @@ max_instances = 3
     );
     assert_eq!((code, error_code(&body)), (401, "unauthorized".to_owned()));
     let wrong = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n";
-    assert_eq!(exchange(server.address, wrong).0, 401);
+    let (code, headers, _) = exchange(server.address, wrong);
+    assert_eq!(code, 401);
+    assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
 
     assert_eq!(get(&server, "/fn/echo/x").0, 200);
     let pools = b"GET /admin/pools HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n";
-    let (code, _, body) = exchange(server.address, pools);
-    assert_eq!(code, 200);
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let mut value = serde_json::Value::Null;
+    // The request's lease is returned just after its answer went out.
+    wait_until(Duration::from_secs(10), || {
+        let (code, _, body) = exchange(server.address, pools);
+        assert_eq!(code, 200);
+        value = serde_json::from_slice(&body).unwrap();
+        value["pools"][0]["busy"] == 0
+    });
     let pool = &value["pools"][0];
     assert_eq!(
         (pool["function"].as_str(), pool["min"].as_u64(), pool["max"].as_u64()),
         (Some("echo"), Some(2), Some(3))
     );
+    assert_eq!(pool["backend"], "process", "{value:#}");
+    let counts = ["size", "idle", "busy", "waiting"].map(|key| pool[key].as_u64());
+    assert_eq!(counts, [Some(2), Some(2), Some(0), Some(0)], "{value:#}");
     let instances = pool["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 2, "{value:#}");
     assert!(
         instances.iter().all(|i| i["pid"].as_u64().is_some()
+            && i["id"].as_u64().is_some()
+            && i["state"] == "idle"
+            && i["created_at"].as_str().is_some_and(|at| at.ends_with('Z'))
             && i["endpoint"].as_str().is_some_and(|e| e.starts_with("http://127.0.0.1:"))),
         "{value:#}"
     );
+    // The one request used one instance once.
+    let uses: Vec<_> = instances.iter().map(|i| i["uses"].as_u64().unwrap()).collect();
+    assert_eq!(uses.iter().sum::<u64>(), 1, "{value:#}");
+    let used = instances.iter().filter(|i| i["last_used"].as_str().is_some()).count();
+    assert_eq!(used, 1, "{value:#}");
+
+    // Admin routes answer their own errors.
+    let cases: [(&[u8], u16, &str); 4] = [
+        (b"GET /admin/pools/echo/scale HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n", 405, "method_not_allowed"),
+        (b"POST /admin/pools/echo/scale HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\nContent-Length: 9\r\n\r\n{\"min\":1}", 400, "bad_request"),
+        (b"POST /admin/pools/nope/scale HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", 404, "function_not_found"),
+        (b"GET /no/such/route HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
+    ];
+    for (request, status, code) in cases {
+        let (got, _, body) = exchange(server.address, request);
+        assert_eq!(
+            (got, error_code(&body)),
+            (status, code.to_owned()),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
 
     let scale = format!(
         "POST /admin/pools/echo/scale HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
@@ -343,6 +378,7 @@ max_instances = 3
     let (code, _, body) = exchange(server.address, metrics);
     let text = String::from_utf8_lossy(&body);
     assert_eq!(code, 200);
+    assert!(!text.contains("# EOF"), "the Prometheus text format has no EOF line");
     for needle in [
         "smgr_requests_total{function=\"echo\",status=\"200\"} 1",
         "smgr_request_duration_seconds_bucket{function=\"echo\",le=",
@@ -353,6 +389,13 @@ max_instances = 3
     ] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");
     }
+    // A scraper that asks for OpenMetrics gets it.
+    let open_metrics = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nAccept: application/openmetrics-text; version=1.0.0\r\nConnection: close\r\n\r\n";
+    let (code, headers, body) = exchange(server.address, open_metrics);
+    assert_eq!(code, 200);
+    let content_type = header(&headers, "content-type").unwrap_or_default();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(String::from_utf8_lossy(&body).ends_with("# EOF\n"));
     let performance = b"GET /performance/metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n";
     let (code, _, body) = exchange(server.address, performance);
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -704,9 +747,40 @@ startup_timeout = "60s"
     let server = spawn("readyz", config, &[]);
     wait_until(Duration::from_secs(30), || get(&server, "/healthz").0 == 200);
     wait_until(Duration::from_secs(30), || get(&server, "/fn/echo/").0 == 200);
-    let (code, body) = get(&server, "/readyz");
+    let (code, headers, body) =
+        exchange(server.address, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let body = String::from_utf8_lossy(&body);
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("sleepy (0 of 1 ready)") && !body.contains("echo"), "{body}");
+    assert!(header(&headers, "retry-after").is_some(), "{headers:?}");
+}
+
+#[test]
+fn logs_are_pretty_when_asked_and_rust_log_filters_them() {
+    let logs = |format: &str, filter: &str| {
+        let port = free_port();
+        let child = Command::new(SMGR)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-format", format])
+            .env("RUST_LOG", filter)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut server = Server { child, address: ([127, 0, 0, 1], port).into() };
+        let mut pipe = server.child.stderr.take().unwrap();
+        wait_until(Duration::from_secs(30), || get(&server, "/readyz").0 == 200);
+        Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+        let mut stderr = String::new();
+        pipe.read_to_string(&mut stderr).unwrap();
+        assert!(server.child.wait().unwrap().success(), "{stderr}");
+        stderr
+    };
+    let pretty = logs("pretty", "info");
+    let line = pretty.lines().find(|line| line.contains("smgr listening")).unwrap_or_default();
+    assert!(line.contains("INFO") && !line.starts_with('{'), "{pretty}");
+    let quiet = logs("pretty", "warn");
+    assert!(!quiet.contains("INFO"), "RUST_LOG=warn let info lines through: {quiet}");
 }
 
 #[test]
