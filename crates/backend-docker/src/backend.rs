@@ -315,11 +315,7 @@ impl DockerBackend {
             return Ok(());
         }
         if let Some(reason) = &*last_error {
-            return Err(BackendError::Launch {
-                function: function.name.to_string(),
-                reason: reason.clone(),
-                source: None,
-            });
+            return Err(BackendError::launch(&function.name, reason.clone()));
         }
         let made = self.make_image_present(function).await;
         *last_error = made.as_ref().err().map(|error| match error {
@@ -354,14 +350,13 @@ impl DockerBackend {
         };
         match (spec.pull, present) {
             (PullPolicy::Never, false) => {
-                return Err(BackendError::Launch {
-                    function: function.name.to_string(),
-                    reason: format!(
+                return Err(BackendError::launch(
+                    &function.name,
+                    format!(
                         "image {} is not on the engine at {}, and the pull policy is `never`",
                         spec.image, self.host
                     ),
-                    source: None,
-                });
+                ));
             }
             (PullPolicy::Never, true) | (PullPolicy::IfMissing, true) => {}
             (PullPolicy::IfMissing, false) | (PullPolicy::Always, _) => {
@@ -387,10 +382,10 @@ impl DockerBackend {
         let failed = |reason: String, source: Option<DockerError>| {
             tracing::warn!(target: "smgr::docker", function = %function.name, image, "pull failed: {reason}");
             event(PullStage::Failed { error: reason.clone() });
-            BackendError::Launch {
-                function: function.name.to_string(),
-                reason: format!("pulling image {image}: {reason}"),
-                source: source.map(|error| Box::new(error) as _),
+            let reason = format!("pulling image {image}: {reason}");
+            match source {
+                Some(error) => BackendError::launch_because(&function.name, reason, error),
+                None => BackendError::launch(&function.name, reason),
             }
         };
         let options = CreateImageOptions { from_image: Some(image.clone()), ..Default::default() };
@@ -537,11 +532,11 @@ impl DockerBackend {
         };
         let options = CreateContainerOptions { name: Some(name.to_owned()), ..Default::default() };
         let created = self.docker.create_container(Some(options), body).await.map_err(|error| {
-            BackendError::Launch {
-                function: function.name.to_string(),
-                reason: format!("creating a container of image {}: {error}", spec.image),
-                source: Some(Box::new(error)),
-            }
+            BackendError::launch_because(
+                &function.name,
+                format!("creating a container of image {}: {error}", spec.image),
+                error,
+            )
         })?;
         let container = Launching {
             docker: self.docker.clone(),
@@ -571,11 +566,7 @@ impl DockerBackend {
         function: &FunctionSpec<DockerSpec>,
         id: &str,
     ) -> Result<(), BackendError> {
-        let launch = |reason: String| BackendError::Launch {
-            function: function.name.to_string(),
-            reason,
-            source: None,
-        };
+        let launch = |reason: String| BackendError::launch(&function.name, reason);
         let mut tar = TarBuilder::new();
         for file in &function.spec.files {
             let contents = match (&file.source, &file.contents) {
@@ -592,10 +583,9 @@ impl DockerBackend {
         self.docker
             .upload_to_container(id, Some(options), bollard::body_full(tar.finish().into()))
             .await
-            .map_err(|error| BackendError::Launch {
-                function: function.name.to_string(),
-                reason: format!("copying files into the container: {error}"),
-                source: Some(Box::new(error)),
+            .map_err(|error| {
+                let reason = format!("copying files into the container: {error}");
+                BackendError::launch_because(&function.name, reason, error)
             })
     }
 
@@ -607,10 +597,9 @@ impl DockerBackend {
         deadline: Instant,
     ) -> Result<SocketAddr, BackendError> {
         let spec = &function.spec;
-        self.docker.start_container(id, None).await.map_err(|error| BackendError::Launch {
-            function: function.name.to_string(),
-            reason: format!("starting the container: {error}"),
-            source: Some(Box::new(error)),
+        self.docker.start_container(id, None).await.map_err(|error| {
+            let reason = format!("starting the container: {error}");
+            BackendError::launch_because(&function.name, reason, error)
         })?;
         let inspected = self.docker.inspect_container(id, None).await.map_err(|error| {
             operation(format!("function `{}`: inspecting container {id}", function.name), error)
@@ -633,11 +622,10 @@ impl DockerBackend {
             .and_then(|bindings| bindings.into_iter().find_map(|binding| binding.host_port))
             .and_then(|port| port.parse::<u16>().ok());
         let Some(host_port) = host_port else {
-            return Err(BackendError::Launch {
-                function: function.name.to_string(),
-                reason: format!("the engine published no host port for {key}"),
-                source: None,
-            });
+            return Err(BackendError::launch(
+                &function.name,
+                format!("the engine published no host port for {key}"),
+            ));
         };
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
         let mut pause = Duration::from_millis(2);
@@ -797,23 +785,14 @@ pub fn check_spec(function: &FunctionSpec<DockerSpec>) -> Result<(), BackendErro
     if spec.container_port == 0 {
         return Err(invalid("container_port must be 1 to 65535".to_owned()));
     }
-    if spec.startup_timeout.is_zero() {
-        return Err(invalid("startup_timeout must be above zero".to_owned()));
-    }
-    if let Readiness::Http(path) = &spec.readiness
-        && !path.starts_with('/')
-    {
-        return Err(invalid(format!("readiness http path {path:?} must start with '/'")));
-    }
+    pool_core::check_launch_rules(spec.startup_timeout, &spec.readiness, spec.env.keys())
+        .map_err(invalid)?;
     if let Some(cpus) = spec.limits.cpus
         && !(cpus.is_finite() && cpus > 0.0)
     {
         return Err(invalid(format!("limits.cpus {cpus} must be a number above zero")));
     }
     for name in spec.env.keys() {
-        if name.is_empty() || name.contains(['=', '\0']) {
-            return Err(invalid(format!("environment variable name {name:?} is not valid")));
-        }
         if name == "PORT" || name.starts_with("SMGR_") {
             return Err(invalid(format!(
                 "environment variable {name} is set by the backend (PORT is container_port; \

@@ -84,17 +84,7 @@ pub struct DockerSpec {
     pub init: bool,
 }
 
-/// When an instance counts as ready.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Readiness {
-    /// The published port takes a connection, and the function keeps it open (the engine's
-    /// port proxy accepts connections even before the function listens, then drops them).
-    #[default]
-    Tcp,
-    /// `GET` of this path answers 2xx.
-    Http(String),
-}
+pub use pool_core::Readiness;
 
 /// Resource limits of a container.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

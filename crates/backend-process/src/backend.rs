@@ -121,10 +121,8 @@ impl ProcessBackend {
     ) -> Result<Instance<ProcessDetails>, Failed> {
         let spec = &function.spec;
         let name = function.name.as_str();
-        let launch_error = |reason: String, source: std::io::Error| BackendError::Launch {
-            function: name.to_owned(),
-            reason,
-            source: Some(Box::new(source)),
+        let launch_error = |reason: String, source: std::io::Error| {
+            BackendError::launch_because(&function.name, reason, source)
         };
         let listener = free_port().map_err(|e| {
             Failed::Other(launch_error(format!("binding a port on 127.0.0.1: {e}"), e))
@@ -457,19 +455,12 @@ fn resolved_program(function: &FunctionSpec<ProcessSpec>) -> Result<PathBuf, Bac
             if dir.exists() { "not a directory" } else { "no such directory" }
         )));
     }
-    if spec.startup_timeout.is_zero() {
-        return Err(invalid("startup_timeout must be above zero".to_owned()));
-    }
-    if let Readiness::Http(path) = &spec.readiness
-        && !path.starts_with('/')
-    {
-        return Err(invalid(format!("readiness http path {path:?} must start with '/'")));
-    }
-    for name in spec.env.keys().chain(&spec.pass_env) {
-        if name.is_empty() || name.contains(['=', '\0']) {
-            return Err(invalid(format!("environment variable name {name:?} is not valid")));
-        }
-    }
+    pool_core::check_launch_rules(
+        spec.startup_timeout,
+        &spec.readiness,
+        spec.env.keys().chain(&spec.pass_env),
+    )
+    .map_err(invalid)?;
     // The backend sets these itself: a spec that changed them would lose its port or its
     // identity, by which terminate and the reaper find the processes it started.
     if let Some(name) = spec.env.keys().find(|name| is_reserved(name)) {
@@ -536,11 +527,7 @@ fn spawn_error(
         }
         _ => format!("starting program {}: {error}", program.display()),
     };
-    BackendError::Launch {
-        function: function.name.to_string(),
-        reason,
-        source: Some(Box::new(error)),
-    }
+    BackendError::launch_because(&function.name, reason, error)
 }
 
 /// A listener on a free port of 127.0.0.1, chosen below the kernel's ephemeral range where it

@@ -73,16 +73,7 @@ pub struct ProcessSpec {
     pub log_lines: usize,
 }
 
-/// When an instance counts as ready.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Readiness {
-    /// Its port accepts a TCP connection.
-    #[default]
-    Tcp,
-    /// `GET` of this path answers 2xx.
-    Http(String),
-}
+pub use pool_core::Readiness;
 
 /// Resource limits applied to the child with `setrlimit` before it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -537,16 +537,7 @@ pub enum Readiness {
     Http(String),
 }
 
-impl From<Readiness> for backend_process::Readiness {
-    fn from(readiness: Readiness) -> Self {
-        match readiness {
-            Readiness::Tcp => Self::Tcp,
-            Readiness::Http(path) => Self::Http(path),
-        }
-    }
-}
-
-impl From<Readiness> for backend_docker::Readiness {
+impl From<Readiness> for pool_core::Readiness {
     fn from(readiness: Readiness) -> Self {
         match readiness {
             Readiness::Tcp => Self::Tcp,

@@ -207,6 +207,41 @@ pub enum Health {
     Dead(String),
 }
 
+/// When a new instance of an HTTP backend counts as ready for requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Its port takes a TCP connection (for a container, one that the function keeps open:
+    /// the engine's port proxy accepts connections before the function listens).
+    #[default]
+    Tcp,
+    /// `GET` of this path answers 2xx.
+    Http(String),
+}
+
+/// The spec rules every backend that launches programs shares: a startup timeout above zero,
+/// an HTTP readiness path that starts with `/`, and environment variable names that are not
+/// empty and hold no `=` or NUL. The reason of the first rule broken, for the backend's
+/// [`BackendError::InvalidSpec`].
+pub fn check_launch_rules<'a>(
+    startup_timeout: Duration,
+    readiness: &Readiness,
+    env_names: impl IntoIterator<Item = &'a String>,
+) -> Result<(), String> {
+    if startup_timeout.is_zero() {
+        return Err("startup_timeout must be above zero".to_owned());
+    }
+    if let Readiness::Http(path) = readiness
+        && !path.starts_with('/')
+    {
+        return Err(format!("readiness http path {path:?} must start with '/'"));
+    }
+    match env_names.into_iter().find(|name| name.is_empty() || name.contains(['=', '\0'])) {
+        Some(name) => Err(format!("environment variable name {name:?} is not valid")),
+        None => Ok(()),
+    }
+}
+
 /// How [`Backend::terminate`] ended an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -315,6 +350,26 @@ pub enum BackendError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+}
+
+impl BackendError {
+    /// A launch of `function` failed for `reason`.
+    pub fn launch(function: &FunctionName, reason: impl Into<String>) -> Self {
+        Self::Launch { function: function.to_string(), reason: reason.into(), source: None }
+    }
+
+    /// A launch of `function` failed for `reason`, because of `source`.
+    pub fn launch_because(
+        function: &FunctionName,
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Launch {
+            function: function.to_string(),
+            reason: reason.into(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 fn tail(lines: &[String]) -> String {
