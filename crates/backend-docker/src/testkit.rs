@@ -31,7 +31,12 @@ pub fn engine_host() -> String {
 
 /// Whether an engine answers `GET /_ping` at [`engine_host`]; why not, when it does not.
 pub fn engine_answers() -> Result<(), String> {
-    let host = engine_host();
+    engine_answers_at(&engine_host())
+}
+
+/// Whether an engine answers `GET /_ping` at `host` (`unix://`, `tcp://` or `http://`, as
+/// [`DockerBackend::connect`](crate::DockerBackend::connect) takes them).
+fn engine_answers_at(host: &str) -> Result<(), String> {
     let request = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n";
     let mut answer = Vec::new();
     let exchanged = if let Some(path) = host.strip_prefix("unix://") {
@@ -40,14 +45,14 @@ pub fn engine_answers() -> Result<(), String> {
             stream.write_all(request)?;
             stream.read_to_end(&mut answer)
         })
-    } else if let Some(address) = host.strip_prefix("tcp://") {
+    } else if let Some(address) = host.strip_prefix("tcp://").or(host.strip_prefix("http://")) {
         std::net::TcpStream::connect(address).and_then(|mut stream| {
             stream.set_read_timeout(Some(Duration::from_secs(3)))?;
             stream.write_all(request)?;
             stream.read_to_end(&mut answer)
         })
     } else {
-        return Err(format!("engine address {host:?} is neither unix:// nor tcp://"));
+        return Err(format!("engine address {host:?} is neither unix://, tcp:// nor http://"));
     };
     exchanged.map_err(|error| format!("{host}: {error}"))?;
     let answer = String::from_utf8_lossy(&answer);
@@ -176,4 +181,34 @@ fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine stand-in on a local port that answers one `/_ping` with `answer`.
+    fn pinged(answer: &'static str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(answer.as_bytes());
+        });
+        address.to_string()
+    }
+
+    #[test]
+    fn an_engine_is_asked_at_tcp_and_http_addresses_alike() {
+        const OK: &str = "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nOK";
+        assert_eq!(engine_answers_at(&format!("tcp://{}", pinged(OK))), Ok(()));
+        assert_eq!(engine_answers_at(&format!("http://{}", pinged(OK))), Ok(()));
+        let other =
+            engine_answers_at(&format!("http://{}", pinged("HTTP/1.0 404 Not Found\r\n\r\n")));
+        assert!(other.unwrap_err().contains("not a Docker Engine's answer"));
+        let error = engine_answers_at("npipe:////./pipe/docker_engine").unwrap_err();
+        assert!(error.contains("neither unix://, tcp:// nor http://"), "{error}");
+    }
 }
