@@ -240,6 +240,14 @@ startup_timeout = "2s"
     );
     let (code, _, body) = exchange(server.address, big.as_bytes());
     assert_eq!((code, error_code(&body)), (413, "body_too_large".to_owned()));
+    // A chunked body announces no length: it is counted as it streams.
+    let chunked = format!(
+        "POST /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+         400\r\n{0}\r\n400\r\n{0}\r\n0\r\n\r\n",
+        "y".repeat(1024)
+    );
+    let (code, _, body) = exchange(server.address, chunked.as_bytes());
+    assert_eq!((code, error_code(&body)), (413, "body_too_large".to_owned()));
 
     let (code, _, body) = exchange(
         server.address,
