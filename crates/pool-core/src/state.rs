@@ -449,12 +449,7 @@ impl<T> State<T> {
         waker: Waker,
         effects: &mut Effects<T>,
     ) -> Result<(WaiterId, Arc<Mailbox<T>>)> {
-        // The limit is on acquires waiting for a busy instance to come back: those that the
-        // creates running or still to start will serve do not count against it, so a burst on
-        // a cold pool is never refused while the pool may still grow for it.
-        let room = self.config.max.saturating_sub(self.size + self.creating);
-        let served_by_creates = (self.creating + room) * self.config.concurrency;
-        if self.waiters.len >= self.config.queue_limit + served_by_creates {
+        if self.waiters.len >= self.config.queue_limit && self.queue_is_full() {
             self.counters.queue_full += 1;
             return Err(Error::QueueFull { limit: self.config.queue_limit, max: self.config.max });
         }
@@ -474,6 +469,18 @@ impl<T> State<T> {
         }
         effects.add_creates(self.creates_needed(now));
         Ok(queued)
+    }
+
+    /// Whether no acquire may join the queue. The limit is on acquires waiting for a busy
+    /// instance to come back: those that the creates running or still to start will serve do
+    /// not count against it, so a burst on a cold pool is never refused while the pool may
+    /// still grow for it. Asked only once the queue holds `queue_limit` (the acquire path stays
+    /// one comparison).
+    #[cold]
+    fn queue_is_full(&self) -> bool {
+        let room = self.config.max.saturating_sub(self.size + self.creating);
+        let served_by_creates = (self.creating + room) * self.config.concurrency;
+        self.waiters.len >= self.config.queue_limit + served_by_creates
     }
 
     /// A queued acquire was dropped: leave the queue. `false` when it was already served (its
