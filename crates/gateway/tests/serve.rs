@@ -195,6 +195,35 @@ fn requests_are_forwarded_with_method_path_query_headers_and_body() {
 }
 
 #[test]
+fn a_large_body_is_streamed_through_not_held() {
+    let config = ECHO.replace("max_body = \"16MiB\"", "max_body = \"128MiB\"");
+    let server = start("stream", &config, &[]);
+    let size = 64 << 20;
+    let mut request = format!(
+        "PUT /fn/echo/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n"
+    )
+    .into_bytes();
+    request.resize(request.len() + size, b'z');
+    let before = peak_memory_kib(server.child.id());
+    let (code, _, body) = exchange(server.address, &request);
+    assert_eq!((code, body.len() > size), (200, true));
+    let grown = peak_memory_kib(server.child.id()) - before;
+    // Holding the body (either way) would take 64 MiB at least; the buffers of the two
+    // connections and the allocator's slack took 14-23 MiB in runs on this machine.
+    assert!(grown < 48 << 10, "smgr's peak memory grew by {grown} KiB for a 64 MiB body");
+}
+
+/// The peak resident memory of process `pid` so far (`VmHWM`), in KiB.
+fn peak_memory_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmHWM line")
+}
+
+#[test]
 fn a_ten_mebibyte_body_goes_up_and_comes_back() {
     let server = start("big", ECHO, &[]);
     let payload: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
