@@ -108,7 +108,8 @@ fn ensure_local(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Where `DOCKER_HOST` says the engine listens: `unix:///path` or `tcp://host[:port]`.
+/// Where `DOCKER_HOST` says the engine listens: `unix:///path`, or `tcp://host[:port]` or
+/// `http://host[:port]` (the backend takes both).
 fn parse_docker_host(host: &str) -> Result<Endpoint, String> {
     if let Some(path) = host.strip_prefix("unix://") {
         if path.is_empty() {
@@ -116,7 +117,7 @@ fn parse_docker_host(host: &str) -> Result<Endpoint, String> {
         }
         return Ok(Endpoint::Unix(PathBuf::from(path)));
     }
-    if let Some(rest) = host.strip_prefix("tcp://") {
+    if let Some(rest) = host.strip_prefix("tcp://").or(host.strip_prefix("http://")) {
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
             return Err(format!("DOCKER_HOST={host} is not of the form tcp://host:port"));
@@ -131,8 +132,8 @@ fn parse_docker_host(host: &str) -> Result<Endpoint, String> {
         }));
     }
     Err(format!(
-        "DOCKER_HOST={host} is not supported here: xtask checks only unix:///path and \
-         tcp://host:port engines"
+        "DOCKER_HOST={host} is not supported here: xtask checks only unix:///path, \
+         tcp://host:port and http://host:port engines"
     ))
 }
 
@@ -318,6 +319,7 @@ mod tests {
             Ok(Endpoint::Tcp("docker.example:2375".to_owned()))
         );
         assert_eq!(parse_docker_host("tcp://dind"), Ok(Endpoint::Tcp("dind:2375".to_owned())));
+        assert_eq!(parse_docker_host("http://dind"), Ok(Endpoint::Tcp("dind:2375".to_owned())));
         assert_eq!(parse_docker_host("tcp://[::1]"), Ok(Endpoint::Tcp("[::1]:2375".to_owned())));
     }
 

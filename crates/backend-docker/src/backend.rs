@@ -40,13 +40,36 @@ pub const INSTANCE_LABEL: &str = "smgr.instance";
 /// The engine's socket when neither the config nor `DOCKER_HOST` names one.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
+/// The engine's TCP port when a `tcp://` or `http://` address names none, as the `docker` CLI
+/// has it.
+pub const DEFAULT_TCP_PORT: u16 = 2375;
+
 /// The engine's address: `configured`, else `DOCKER_HOST` when set and not empty, else
-/// [`DEFAULT_HOST`].
+/// [`DEFAULT_HOST`]; a `tcp://` or `http://` address without a port gets
+/// [`DEFAULT_TCP_PORT`].
 pub(crate) fn engine_host(configured: Option<&str>) -> String {
-    configured
+    let host = configured
         .map(str::to_owned)
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|host| !host.is_empty()))
-        .unwrap_or_else(|| DEFAULT_HOST.to_owned())
+        .unwrap_or_else(|| DEFAULT_HOST.to_owned());
+    with_default_port(host)
+}
+
+/// `host` with [`DEFAULT_TCP_PORT`] added to a `tcp://` or `http://` address that has no port.
+fn with_default_port(host: String) -> String {
+    let Some(rest) = host.strip_prefix("tcp://").or(host.strip_prefix("http://")) else {
+        return host;
+    };
+    let authority = rest.trim_end_matches('/');
+    // `[::1]` or `host`, without a `:port` after the host part.
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(before, port)| !before.ends_with(':') && !port.contains(']'));
+    if authority.is_empty() || has_port {
+        return host;
+    }
+    let scheme = &host[..host.len() - rest.len()];
+    format!("{scheme}{authority}:{DEFAULT_TCP_PORT}")
 }
 
 /// How long the TCP readiness check holds a connection to see that the function keeps it.
@@ -193,7 +216,8 @@ impl DockerBackend {
         } else {
             return Err(unavailable(
                 format!(
-                    "engine address {host:?}: only unix:///path and tcp://host:port are supported"
+                    "engine address {host:?}: only unix:///path, tcp://host:port and \
+                     http://host:port are supported"
                 ),
                 None,
             ));
@@ -1037,6 +1061,21 @@ impl Backend for DockerBackend {
 mod tests {
     use super::*;
     use bollard::models::EventActor;
+
+    #[test]
+    fn a_tcp_engine_address_without_a_port_gets_the_docker_default() {
+        let cases = [
+            ("tcp://engine", "tcp://engine:2375"),
+            ("http://10.0.0.5/", "http://10.0.0.5:2375"),
+            ("tcp://[::1]", "tcp://[::1]:2375"),
+            ("tcp://engine:2376", "tcp://engine:2376"),
+            ("tcp://[::1]:2376", "tcp://[::1]:2376"),
+            ("unix:///var/run/docker.sock", "unix:///var/run/docker.sock"),
+        ];
+        for (given, used) in cases {
+            assert_eq!(engine_host(Some(given)), used, "{given}");
+        }
+    }
 
     fn function(spec: DockerSpec) -> FunctionSpec<DockerSpec> {
         FunctionSpec::new("f", spec).unwrap()

@@ -66,7 +66,8 @@ mod tar;
 pub mod testkit;
 
 pub use backend::{
-    ContainerDetails, ContainerInfo, DEFAULT_HOST, DockerBackend, DockerBackendConfig,
-    FUNCTION_LABEL, INSTANCE_LABEL, OWNER_LABEL, POOL_LABEL, PullEvent, PullStage, check_spec,
+    ContainerDetails, ContainerInfo, DEFAULT_HOST, DEFAULT_TCP_PORT, DockerBackend,
+    DockerBackendConfig, FUNCTION_LABEL, INSTANCE_LABEL, OWNER_LABEL, POOL_LABEL, PullEvent,
+    PullStage, check_spec,
 };
 pub use spec::{DockerSpec, InjectedFile, Limits, PullPolicy, Readiness, Security};
