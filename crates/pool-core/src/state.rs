@@ -479,8 +479,8 @@ impl<T> State<T> {
     #[cold]
     fn queue_is_full(&self) -> bool {
         let room = self.config.max.saturating_sub(self.size + self.creating);
-        let served_by_creates = (self.creating + room) * self.config.concurrency;
-        self.waiters.len >= self.config.queue_limit + served_by_creates
+        let served_by_creates = (self.creating + room).saturating_mul(self.config.concurrency);
+        self.waiters.len >= self.config.queue_limit.saturating_add(served_by_creates)
     }
 
     /// A queued acquire was dropped: leave the queue. `false` when it was already served (its
@@ -528,7 +528,9 @@ impl<T> State<T> {
     ) {
         let Returned { slot: index, instance, broken, record, mailbox } = returned;
         if let Some(mailbox) = mailbox {
-            self.waiters.mailboxes.give_back(mailbox, self.config.queue_limit);
+            // As many as can wait at once: the queue, and the acquires creates will serve.
+            let keep = self.config.max.saturating_mul(self.config.concurrency);
+            self.waiters.mailboxes.give_back(mailbox, self.config.queue_limit.saturating_add(keep));
         }
         self.leased -= 1;
         if let Some(record) = record {

@@ -88,15 +88,19 @@ struct Record {
     started: usize,
     /// (started, timeout) of every acquire still running, by its number.
     pending: BTreeMap<usize, (Instant, Duration)>,
+    /// The pool's status right after each `QueueFull` (taken before any other task ran).
+    refused: Vec<pool_core::PoolStatus>,
 }
 
 /// What the model allows the pool's size to reach: `max`, or after a resize down the size the
-/// pool had then, shrinking as instances over the new `max` go and never growing again.
-struct Ceiling(usize);
+/// pool had then, shrinking as instances over the new `max` go and never growing again; and
+/// the highest `max` so far.
+struct Ceiling(usize, usize);
 
 impl Ceiling {
     fn resized(&mut self, max: usize, total: usize) {
         self.0 = max.max(total.min(self.0.max(max)));
+        self.1 = self.1.max(max);
     }
 
     fn settle(&mut self, max: usize, total: usize) {
@@ -116,7 +120,7 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let pool = Pool::new(manager, config.clone()).expect("a valid config");
         let record = Arc::new(Mutex::new(Record::default()));
         let mut closed = false;
-        let mut ceiling = Ceiling(config.max);
+        let mut ceiling = Ceiling(config.max, config.max);
 
         for op in ops {
             match op {
@@ -133,7 +137,10 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     };
                     tokio::spawn(async move {
                         let result = pool.acquire_with(priority, timeout).await;
+                        let refused =
+                            matches!(result, Err(Error::QueueFull { .. })).then(|| pool.status());
                         let mut record = record.lock();
+                        record.refused.extend(refused);
                         record.pending.remove(&number);
                         record.finished.push((started, Instant::now(), timeout));
                         match result {
@@ -237,6 +244,19 @@ fn check_invariants(
     );
     ceiling.settle(config.max, total);
     prop_assert_eq!(status.leased, record.held.len());
+    // The queue refuses only acquires beyond its limit and beyond what the creates running or
+    // still allowed under `max` will serve.
+    for seen in &record.refused {
+        let creates = seen.creating + seen.max.saturating_sub(seen.size + seen.creating);
+        let limit = config.queue_limit + creates * config.concurrency;
+        prop_assert!(seen.waiting >= limit, "refused below the limit of {}: {:?}", limit, seen);
+    }
+    // And the queue never holds more than the limit and a full pool's worth of leases (at the
+    // highest `max` the case has had: waiters queued before a resize down stay).
+    prop_assert!(
+        status.waiting <= config.queue_limit + ceiling.1 * config.concurrency,
+        "the queue outgrew its limit: {status:?}"
+    );
     // No acquire is still waiting after its timeout (the timer has a 1 ms granularity).
     let now = Instant::now();
     for (started, timeout) in record.pending.values() {

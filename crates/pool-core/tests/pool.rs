@@ -988,3 +988,19 @@ async fn shutdown_ends_as_soon_as_the_last_lease_is_back() {
     assert_eq!(report.destroyed, 2);
     assert_eq!(manager.probe.live(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_concurrency_does_not_overflow_the_queue_limit() {
+    let (pool, manager) =
+        pool(PoolConfig { max: 2, concurrency: usize::MAX, queue_limit: 1, ..config() });
+    let gate = hold_creates(&manager);
+    // The first waits for its create; the second finds the queue at its limit, and the count
+    // of what creates will serve (2 × usize::MAX) saturates instead of overflowing.
+    let waiters = spawn_acquires(&pool, 2);
+    run_ready_tasks().await;
+    assert_eq!(pool.status().waiting, 2);
+    gate.add_permits(1);
+    for waiter in waiters {
+        drop(waiter.await.unwrap().unwrap());
+    }
+}
