@@ -309,18 +309,20 @@ impl DockerBackend {
     }
 
     /// Removes every container of this backend's own scope at once, running or not, without a
-    /// grace period; returns how many it removed. For a program that must stop now (a second
-    /// signal) and cannot wait for its pools to stop their instances one by one: unlike child
-    /// processes, containers do not die with the program that started them.
-    pub async fn remove_own_containers(&self) -> Result<usize, BackendError> {
+    /// grace period; returns the ids of those it listed and removed (or found being removed
+    /// already). For a program that must stop now (a second signal) and cannot wait for its
+    /// pools to stop their instances one by one: unlike child processes, containers do not die
+    /// with the program that started them.
+    pub async fn remove_own_containers(&self) -> Result<Vec<String>, BackendError> {
         let containers = self.containers_of(&self.scope.pool, Some(&self.scope.owner)).await?;
         let removals = containers.iter().map(|container| self.remove(&container.id));
         let results = futures_util::future::join_all(removals).await;
-        let removed = results.iter().filter(|result| result.is_ok()).count();
-        match results.into_iter().find_map(Result::err) {
-            Some(error) => Err(error),
-            None => Ok(removed),
+        let mut removed = Vec::new();
+        for (container, result) in containers.into_iter().zip(results) {
+            result?;
+            removed.push(container.id);
         }
+        Ok(removed)
     }
 
     /// Makes sure the image is on the engine, as the pull policy says. Launches that need an

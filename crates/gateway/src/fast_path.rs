@@ -504,9 +504,24 @@ async fn answer(
                 // The instance closed a kept connection as the request went out: most likely
                 // its idle timeout, and it never saw the request; send it on a fresh
                 // connection. But it may also have died of the request, so only a request
-                // that is safe to repeat goes again (one that is not was sent on a connection
-                // just checked for a close, which makes the first case rare).
+                // that is safe to repeat goes again.
                 Err(Failed::Stale) if reused && plan.repeatable => {}
+                // One that is not (sent on a connection just checked for a close, which makes
+                // this rare) gets a 502; the instance is not taken for broken, since it may
+                // only have closed an idle connection: the next request finds out.
+                Err(Failed::Stale) if reused => {
+                    tracing::warn!(
+                        function = %function.name, %instance,
+                        "the instance closed a kept connection as a request went out"
+                    );
+                    return Err(Box::new(error(
+                        StatusCode::BAD_GATEWAY,
+                        "instance_failed",
+                        "the instance closed the connection as the request went out; it was not \
+                         sent again, since it is not safe to repeat"
+                            .to_owned(),
+                    )));
+                }
                 Err(Failed::Stale) => {
                     break "the instance closed the connection without answering".to_owned();
                 }

@@ -521,20 +521,30 @@ impl Gateway {
     /// Stops the instances that would outlive the program at once, without waiting for
     /// leases or a grace period: closes every pool, so that none starts another instance, and
     /// removes every container of this gateway until the engine lists none (a launch under way
-    /// may still create one). Child processes need nothing: they are killed when the program
-    /// exits (a parent-death signal). For a program about to exit that cannot wait for
-    /// [`shutdown_pools`](Self::shutdown_pools); returns the containers removed.
-    pub async fn stop_instances_now(&self) -> Result<usize, pool_core::BackendError> {
+    /// may still create one) or `deadline` has passed. Child processes need nothing: they are
+    /// killed when the program exits (a parent-death signal). The instances of a
+    /// [`custom_function`](GatewayBuilder::custom_function) backend only get their pool's
+    /// shutdown started, which the program's exit cuts short: such a backend should make its
+    /// instances die with the program, or be reaped at the next start. For a program about to
+    /// exit that cannot wait for [`shutdown_pools`](Self::shutdown_pools); returns how many
+    /// containers it removed.
+    pub async fn stop_instances_now(
+        &self,
+        deadline: Duration,
+    ) -> Result<usize, pool_core::BackendError> {
         for function in self.shared.functions.values() {
             let pool = function.pool.clone();
             tokio::spawn(async move { pool.shutdown(Duration::ZERO).await });
         }
         let Some(docker) = &self.shared.docker else { return Ok(0) };
-        let mut removed = 0;
+        let end = Instant::now() + deadline;
+        let mut removed = std::collections::HashSet::new();
         loop {
-            match docker.remove_own_containers().await? {
-                0 => return Ok(removed),
-                now => removed += now,
+            let now = docker.remove_own_containers().await?;
+            let done = now.is_empty();
+            removed.extend(now);
+            if done || Instant::now() >= end {
+                return Ok(removed.len());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1242,21 +1252,24 @@ impl FunctionPool {
         instance: InstanceId,
         check: bool,
     ) -> Option<(TcpStream, UpstreamHeaders)> {
-        let mut connections = self.connections.lock();
-        let upstream = connections.get_mut(&instance)?;
-        while let Some(stream) = upstream.raw.pop() {
-            // A peek at the socket itself: tokio's `try_read` answers from the readiness its
-            // driver last saw, and may not have seen the instance's close yet.
+        loop {
+            let (stream, headers) = {
+                let mut connections = self.connections.lock();
+                let upstream = connections.get_mut(&instance)?;
+                (upstream.raw.pop()?, upstream.headers.clone())
+            };
+            // A peek at the socket itself (outside the lock: it is a system call): tokio's
+            // `try_read` answers from the readiness its driver last saw, and may not have seen
+            // the instance's close yet.
             let open = !check
                 || matches!(
                     socket2::SockRef::from(&stream).peek(&mut [std::mem::MaybeUninit::uninit()]),
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
                 );
             if open {
-                return Some((stream, upstream.headers.clone()));
+                return Some((stream, headers));
             }
         }
-        None
     }
 
     /// Keeps a connection of the fast path to `instance` for the next request.
