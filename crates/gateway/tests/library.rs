@@ -2,6 +2,7 @@
 //! HTTP from that backend's instances.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -152,7 +153,7 @@ async fn a_program_serves_functions_of_its_own_backend() {
     let warm = PoolConfig { min: 1, max: 2, ..PoolConfig::default() };
     let gateway = Gateway::builder()
         .pool_name(pool_name.as_str())
-        .state_dir(Some(std::env::temp_dir().join(pool_name.as_str())))
+        .state_dir(Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join(pool_name.as_str())))
         .custom_function(
             FunctionName::new("hello").unwrap(),
             warm.clone(),
@@ -219,7 +220,7 @@ async fn a_spec_the_backend_refuses_stops_the_start_with_its_reason() {
     let (pool_name, backend) = InlineBackend::new("library-refused");
     let error = Gateway::builder()
         .pool_name(pool_name.as_str())
-        .state_dir(Some(std::env::temp_dir().join(pool_name.as_str())))
+        .state_dir(Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join(pool_name.as_str())))
         .custom_function(
             FunctionName::new("mute").unwrap(),
             PoolConfig::default(),
