@@ -145,13 +145,18 @@ fn error_code(body: &[u8]) -> String {
     value["error"]["code"].as_str().unwrap_or("").to_owned()
 }
 
-/// A config of one function, `echo`, with one instance, and `extra` in its table.
-fn one_echo(extra: &str) -> String {
+/// A config serving smgr's demo function `echo`: `server` is added to `[server]` (after the
+/// pool and the state directory), `echo` to the function's table (after its command).
+fn echo_config(server: &str, echo: &str) -> String {
     format!(
-        "[server]\npool = \"{{pool}}\"\nstate_dir = \"{{state}}\"\n\n[functions.echo]\n\
-         command = [\"{{smgr}}\", \"demo-function\", \"echo\"]\nmin_instances = 1\n\
-         max_instances = 1\n{extra}\n"
+        "[server]\npool = \"{{pool}}\"\nstate_dir = \"{{state}}\"\n{server}\n\n\
+         [functions.echo]\ncommand = [\"{{smgr}}\", \"demo-function\", \"echo\"]\n{echo}\n"
     )
+}
+
+/// [`echo_config`] with one instance, and `extra` in the function's table.
+fn one_echo(extra: &str) -> String {
+    echo_config("", &format!("min_instances = 1\nmax_instances = 1\n{extra}"))
 }
 
 const ECHO: &str = r#"
@@ -243,24 +248,22 @@ fn a_ten_mebibyte_body_goes_up_and_comes_back() {
 
 #[test]
 fn errors_are_json_with_stable_codes() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
+    let config = &(echo_config(
+        r#"
 max_body = "1KiB"
 request_timeout = "2s"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
+"#,
+        r#"
 min_instances = 1
 max_instances = 1
 queue_limit = 1
 acquire_timeout = "1s"
-
+"#,
+    ) + r#"
 [functions.broken]
 command = ["{smgr}", "demo-function", "no-such-function"]
 startup_timeout = "2s"
-"#;
+"#);
     let server = start("errors", config, &[]);
     let (code, _, body) =
         exchange(server.address, b"GET /fn/nope/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -327,17 +330,13 @@ startup_timeout = "2s"
 
 #[test]
 fn admin_routes_need_the_token_and_report_pools_and_metrics() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-admin_token_env = "TEST_ADMIN_TOKEN"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
+    let config = &echo_config(
+        r#"admin_token_env = "TEST_ADMIN_TOKEN""#,
+        r#"
 min_instances = 2
 max_instances = 3
-"#;
+"#,
+    );
     let server = start("admin", config, &[("TEST_ADMIN_TOKEN", "s3cret")]);
     assert_eq!(get(&server, "/healthz").0, 200);
     let (code, _, body) = exchange(
@@ -493,19 +492,16 @@ fn insecure_no_auth_serves_a_non_loopback_address_with_open_admin_routes() {
 
 #[test]
 fn many_concurrent_requests_all_succeed_through_the_queue() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
+    let config = &echo_config(
+        "",
+        r#"
 min_instances = 1
 max_instances = 4
 concurrency = 1
 queue_limit = 256
 acquire_timeout = "30s"
-"#;
+"#,
+    );
     let server = start("concurrent", config, &[]);
     let address = server.address;
     let threads: Vec<_> = (0..200)
@@ -611,19 +607,15 @@ fn instance_pids(server: &Server) -> Vec<u32> {
 
 #[test]
 fn sigterm_lets_in_flight_requests_finish_and_leaves_no_child() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-shutdown_timeout = "20s"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
+    let config = &echo_config(
+        r#"shutdown_timeout = "20s""#,
+        r#"
 min_instances = 4
 max_instances = 8
 concurrency = 8
 queue_limit = 100
-"#;
+"#,
+    );
     let mut server = start("sigterm", config, &[]);
     wait_until(Duration::from_secs(30), || instance_pids(&server).len() == 4);
     let address = server.address;
@@ -709,17 +701,13 @@ fn processes_of_pool(pool: &str) -> Vec<u32> {
 
 #[test]
 fn a_drain_cut_short_by_the_shutdown_timeout_exits_1_and_leaves_no_child() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-shutdown_timeout = "1s"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
+    let config = &echo_config(
+        r#"shutdown_timeout = "1s""#,
+        r#"
 min_instances = 1
 max_instances = 1
-"#;
+"#,
+    );
     let mut server = start("drain-timeout", config, &[]);
     let pids = instance_pids(&server);
     let address = server.address;
@@ -769,20 +757,13 @@ fn environment_overrides_reach_the_pools() {
 
 #[test]
 fn readyz_names_the_functions_below_their_minimum() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
-min_instances = 1
-
+    let config = &(echo_config("", r#"min_instances = 1"#)
+        + r#"
 [functions.sleepy]
 command = ["sleep", "600"]
 min_instances = 1
 startup_timeout = "60s"
-"#;
+"#);
     let server = spawn("readyz", config, &[]);
     wait_until(Duration::from_secs(30), || get(&server, "/healthz").0 == 200);
     wait_until(Duration::from_secs(30), || get(&server, "/fn/echo/").0 == 200);
@@ -991,17 +972,13 @@ fn wait_until_busy(server: &Server) {
 
 #[test]
 fn a_second_signal_stops_at_once_and_the_instances_die_with_smgr() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-shutdown_timeout = "60s"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
+    let config = &echo_config(
+        r#"shutdown_timeout = "60s""#,
+        r#"
 min_instances = 2
 max_instances = 2
-"#;
+"#,
+    );
     let mut server = start("second-signal", config, &[]);
     wait_until(Duration::from_secs(30), || instance_pids(&server).len() == 2);
     let pids = instance_pids(&server);
@@ -1099,17 +1076,13 @@ fn time_wait(port: u16) -> std::collections::BTreeSet<(String, String)> {
 
 #[test]
 fn a_client_that_goes_away_keeps_the_instance_and_a_timed_out_request_replaces_it() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-request_timeout = "1s"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
+    let config = &echo_config(
+        r#"request_timeout = "1s""#,
+        r#"
 min_instances = 1
 max_instances = 1
-"#;
+"#,
+    );
     let server = start("abandoned", config, &[]);
     let instance = || {
         let (code, headers, _) = exchange(
@@ -1554,17 +1527,13 @@ fn a_head_sent_byte_by_byte_is_forwarded_without_its_hop_by_hop_headers() {
 
 #[test]
 fn an_idle_kept_connection_is_closed_at_shutdown_and_smgr_drains() {
-    let config = r#"
-[server]
-pool = "{pool}"
-state_dir = "{state}"
-shutdown_timeout = "1h"
-
-[functions.echo]
-command = ["{smgr}", "demo-function", "echo"]
+    let config = &echo_config(
+        r#"shutdown_timeout = "1h""#,
+        r#"
 min_instances = 1
 max_instances = 1
-"#;
+"#,
+    );
     let mut server = start("idle-close", config, &[]);
     let (mut stream, mut reader) = kept_connection(&server);
     stream.write_all(b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
