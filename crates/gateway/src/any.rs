@@ -154,10 +154,10 @@ impl Manager for AnyManager {
     }
 }
 
-/// A backend a program brings, type-erased so that the builder can hold it beside the others:
-/// it makes the function's manager and reaps what dead owners left.
+/// A backend, type-erased so that the gateway can reap every one it runs on the same way:
+/// built-in or brought by the program.
 #[async_trait]
-pub(crate) trait CustomBackend: fmt::Debug + Send + Sync + 'static {
+pub(crate) trait Reapable: fmt::Debug + Send + Sync + 'static {
     /// The backend, as a pointer that tells two functions on one backend apart from two
     /// backends.
     fn identity(&self) -> *const ();
@@ -166,7 +166,7 @@ pub(crate) trait CustomBackend: fmt::Debug + Send + Sync + 'static {
 }
 
 #[async_trait]
-impl<B: Backend> CustomBackend for Arc<B> {
+impl<B: Backend> Reapable for Arc<B> {
     fn identity(&self) -> *const () {
         Arc::as_ptr(self).cast()
     }

@@ -163,10 +163,8 @@ fn plan<'s>(shared: &'s Shared, client: &Client, buf: &[u8], out: &mut Vec<u8>) 
         return Parsed::Delegate;
     }
     let Some((name, target)) = function_route(path) else { return Parsed::Delegate };
+    // A name with `#` in it names no function (function names cannot hold one).
     let Some(function) = shared.functions.get(name) else { return Parsed::Delegate };
-    if target.starts_with('#') {
-        return Parsed::Delegate;
-    }
 
     // Hop-by-hop headers, and those the `Connection` header names, stay here.
     let Some(connection) = Connection::of(request.headers) else { return Parsed::Delegate };
@@ -207,7 +205,7 @@ fn plan<'s>(shared: &'s Shared, client: &Client, buf: &[u8], out: &mut Vec<u8>) 
             request_id.get_or_insert(header.value);
             continue;
         }
-        if is("host") || HOP_BY_HOP.iter().any(|hop| is(hop)) || connection.names(name) {
+        if is("host") || connection.drops(name) {
             continue;
         }
         put_header(out, name.as_bytes(), header.value);
@@ -231,11 +229,7 @@ fn plan<'s>(shared: &'s Shared, client: &Client, buf: &[u8], out: &mut Vec<u8>) 
     let id_start = out.len();
     match request_id {
         Some(id) => out.extend_from_slice(id),
-        None => {
-            out.extend_from_slice(shared.request_prefix.as_bytes());
-            let number = shared.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            out.extend_from_slice(itoa(number, &mut [0; 20]));
-        }
+        None => shared.new_request_id(out),
     }
     let request_id = id_start..out.len();
     out.extend_from_slice(b"\r\n");
@@ -281,9 +275,9 @@ impl<'h> Connection<'h> {
         Some(connection)
     }
 
-    /// Whether the header `name` is one of those named.
-    fn names(&self, name: &str) -> bool {
-        self.named[..self.count].iter().any(|named| named.eq_ignore_ascii_case(name))
+    /// Whether the header `name` stays on this hop: a hop-by-hop header, or one of those named.
+    fn drops(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().chain(&self.named[..self.count]).any(|hop| hop.eq_ignore_ascii_case(name))
     }
 }
 
@@ -311,7 +305,7 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Decimal digits of `n`, written into `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -372,9 +366,10 @@ async fn exchange(
     work: &mut Work,
 ) -> bool {
     let function = plan.function;
-    let started = Instant::now();
+    let (started, arrived) = (Instant::now(), SystemTime::now());
     let deadline = started + shared.request_timeout;
-    let answer = tokio::time::timeout_at(deadline, answer(shared, &plan, &body, started, work))
+    let answered = answer(&plan, &body, arrived, deadline, work);
+    let answer = tokio::time::timeout_at(deadline, answered)
         .await
         .unwrap_or_else(|_| Err(Box::new(timeout(shared))));
     let mut answer = match answer {
@@ -421,17 +416,19 @@ async fn exchange(
                 return false;
             }
         };
-        work.out.extend_from_slice(&work.answer[..taken]);
-        work.answer.advance(taken);
         if !head_sent {
-            // The instance's answer goes out now: count it.
+            // The instance's answer goes out now: count it. Its head goes with the body's
+            // first bytes; later bytes go out straight from the instance's buffer.
             record_response(shared, function, answer.head.status, started);
+            work.out.extend_from_slice(&work.answer[..taken]);
         }
-        if !work.out.is_empty() && sent_ok {
-            sent_ok = stream.write_all(&work.out).await.is_ok();
+        let data = if head_sent { &work.answer[..taken] } else { &work.out[..] };
+        if !data.is_empty() && sent_ok {
+            sent_ok = stream.write_all(data).await.is_ok();
             head_sent = true;
         }
         work.out.clear();
+        work.answer.advance(taken);
         if body.done() {
             break;
         }
@@ -442,10 +439,8 @@ async fn exchange(
         work.answer.clear();
         room(&mut work.answer);
         match answer.stream.read_buf(&mut work.answer).await {
-            Ok(0) if until_close => {
-                body.finished();
-                answer.head.reusable = false;
-            }
+            // An answer framed by its close is never reusable (see `answer_head`).
+            Ok(0) if until_close => body.finished(),
             Ok(0) | Err(_) => {
                 // The instance went away mid-answer: the client gets a cut answer.
                 answer.lease.mark_broken();
@@ -467,16 +462,16 @@ async fn exchange(
 /// Acquires an instance, sends it the request and reads its answer's head, within the request
 /// timeout; or the response to send instead.
 async fn answer(
-    shared: &Shared,
     plan: &Plan<'_>,
     body: &Bytes,
-    started: Instant,
+    arrived: SystemTime,
+    deadline: Instant,
     work: &mut Work,
 ) -> Result<Answer, Box<Response<Body>>> {
     let function = plan.function;
-    let arrived = SystemTime::now() - started.elapsed();
-    let deadline = started + shared.request_timeout;
-    'attempts: for attempt in 0..2 {
+    // One more attempt on another instance as in the hyper path (`forward_inner`).
+    let mut retried = false;
+    'attempts: loop {
         let (mut lease, address, cold) = function.lease(arrived, deadline).await?;
         let instance = lease.instance();
         // A kept connection first (checked for a close by the instance when the request
@@ -490,7 +485,8 @@ async fn answer(
                     Err(cause) => {
                         let response = lease.unreachable(function, &cause);
                         // Nothing was sent: any request may go to another instance.
-                        if attempt == 0 {
+                        if !retried {
+                            retried = true;
                             continue 'attempts;
                         }
                         return Err(Box::new(response));
@@ -529,16 +525,12 @@ async fn answer(
             }
         };
         let response = lease.failed(function, &failure);
-        if plan.repeatable && attempt == 0 {
+        if plan.repeatable && !retried {
+            retried = true;
             continue;
         }
         return Err(Box::new(response));
     }
-    Err(Box::new(error(
-        StatusCode::BAD_GATEWAY,
-        "instance_failed",
-        "no instance could take the request".to_owned(),
-    )))
 }
 
 /// Writes the request to `stream` and reads the answer's head, translated into `work.out`.
@@ -654,7 +646,7 @@ fn answer_head(buf: &[u8], head_only: bool, out: &mut Vec<u8>) -> Head {
         if is("x-request-id") || is("x-smgr-instance") || is("x-smgr-cold-start") {
             continue;
         }
-        if HOP_BY_HOP.iter().any(|hop| is(hop)) || connection.names(name) {
+        if connection.drops(name) {
             continue;
         }
         dated |= is("date");

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +34,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the gateway sends.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-use crate::any::{AnyManager as Manager, CustomBackend};
+use crate::any::{AnyManager as Manager, Reapable};
 use crate::config::BackendSpec;
 
 /// One function to serve: its name, its pool's limits and how to run it.
@@ -77,7 +76,7 @@ pub enum GatewayError {
 struct CustomSetup {
     name: FunctionName,
     pool: PoolConfig,
-    backend: Box<dyn CustomBackend>,
+    backend: Box<dyn Reapable>,
     /// Makes the function's manager once its backend's orphans are reaped.
     manager: Box<dyn FnOnce() -> Result<Manager, pool_core::BackendError> + Send>,
 }
@@ -216,13 +215,6 @@ impl GatewayBuilder {
             scope: scope.clone(),
             state_dir: self.state_dir.clone(),
         })?);
-        let reaped = backend.reap_orphans().await?;
-        if reaped.instances > 0 {
-            tracing::info!(
-                pool = %self.pool, owners = reaped.owners, instances = reaped.instances,
-                "reaped the processes a previous gateway left behind"
-            );
-        }
         // The engine is reached only when a function runs on it.
         let docker = if self.functions.iter().any(|f| matches!(f.spec, BackendSpec::Docker(_))) {
             let config = DockerBackendConfig {
@@ -230,29 +222,25 @@ impl GatewayBuilder {
                 max_concurrent_creates: self.docker_max_concurrent_creates,
                 ..DockerBackendConfig::new(scope)
             };
-            let docker = Arc::new(DockerBackend::connect(config).await?);
-            let reaped = docker.reap_orphans().await?;
-            if reaped.instances > 0 {
-                tracing::info!(
-                    pool = %self.pool, owners = reaped.owners, instances = reaped.instances,
-                    "removed the containers a previous gateway left behind"
-                );
-            }
-            Some(docker)
+            Some(Arc::new(DockerBackend::connect(config).await?))
         } else {
             None
         };
+        // What dead predecessors of the same pool name left, on each backend once (functions
+        // of a program's own may share one).
+        let mut backends: Vec<&dyn Reapable> = vec![&backend];
+        backends.extend(docker.as_ref().map(|docker| docker as &dyn Reapable));
+        backends.extend(self.custom.iter().map(|setup| setup.backend.as_ref()));
         let mut reaped_backends = Vec::new();
-        for setup in &self.custom {
-            let identity = setup.backend.identity();
-            if reaped_backends.contains(&identity) {
+        for reapable in backends {
+            if reaped_backends.contains(&reapable.identity()) {
                 continue;
             }
-            reaped_backends.push(identity);
-            let reaped = setup.backend.reap_orphans().await?;
+            reaped_backends.push(reapable.identity());
+            let reaped = reapable.reap_orphans().await?;
             if reaped.instances > 0 {
                 tracing::info!(
-                    pool = %self.pool, backend = setup.backend.kind(), owners = reaped.owners,
+                    pool = %self.pool, backend = reapable.kind(), owners = reaped.owners,
                     instances = reaped.instances,
                     "reaped the instances a previous gateway left behind"
                 );
@@ -430,11 +418,20 @@ pub(crate) struct Shared {
     pub(crate) max_body: u64,
     pub(crate) request_timeout: Duration,
     shutdown_timeout: Duration,
-    pub(crate) next_request: AtomicU64,
+    next_request: AtomicU64,
     /// `smgr-<start time in hex>-`: request ids are this and a counter.
-    pub(crate) request_prefix: String,
+    request_prefix: String,
     /// The Docker backend, when a function runs on it.
     docker: Option<Arc<DockerBackend>>,
+}
+
+impl Shared {
+    /// Appends a new request id to `out`: the prefix and the next number.
+    pub(crate) fn new_request_id(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.request_prefix.as_bytes());
+        let number = self.next_request.fetch_add(1, Ordering::Relaxed);
+        out.extend_from_slice(crate::fast_path::itoa(number, &mut [0; 20]));
+    }
 }
 
 /// The gateway: serves its functions over HTTP. See the crate docs.
@@ -647,7 +644,7 @@ async fn handle(
 /// every other path.
 pub(crate) fn function_route(path_and_query: &str) -> Option<(&str, &str)> {
     let rest = path_and_query.strip_prefix("/fn/")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
     Some(rest.split_at(end))
 }
 
@@ -868,11 +865,11 @@ async fn forward(
     client: &Client,
     target: http::Uri,
 ) -> Response<Body> {
-    let started = Instant::now();
+    let (started, arrived) = (Instant::now(), SystemTime::now());
     let deadline = started + shared.request_timeout;
     let response = match tokio::time::timeout_at(
         deadline,
-        forward_inner(shared, function, request, client, target, started),
+        forward_inner(shared, function, request, client, target, arrived, deadline),
     )
     .await
     {
@@ -977,7 +974,8 @@ async fn forward_inner(
     request: Request<Incoming>,
     client: &Client,
     target: http::Uri,
-    started: Instant,
+    arrived: SystemTime,
+    deadline: Instant,
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let declared = parts
@@ -995,9 +993,8 @@ async fn forward_inner(
     let request_id = match parts.headers.get("x-request-id").cloned() {
         Some(id) => id,
         None => {
-            let mut id = String::with_capacity(shared.request_prefix.len() + 20);
-            id.push_str(&shared.request_prefix);
-            let _ = write!(id, "{}", shared.next_request.fetch_add(1, Ordering::Relaxed));
+            let mut id = Vec::with_capacity(shared.request_prefix.len() + 20);
+            shared.new_request_id(&mut id);
             HeaderValue::from_maybe_shared(Bytes::from(id))
                 .unwrap_or_else(|_| HeaderValue::from_static("smgr"))
         }
@@ -1018,10 +1015,11 @@ async fn forward_inner(
     parts.headers.insert("x-request-id", request_id.clone());
     let max_body = usize::try_from(shared.max_body).unwrap_or(usize::MAX);
     let mut body = Some(Limited::new(body, max_body).map_err(BoxError::from).boxed());
-    let arrived = SystemTime::now() - started.elapsed();
 
-    for attempt in 0..2 {
-        let deadline = started + shared.request_timeout;
+    // One more attempt on another instance when the first failed before anything was sent,
+    // or failed a request that is safe to repeat.
+    let mut retried = false;
+    loop {
         let (mut lease, address, cold) = match function.lease(arrived, deadline).await {
             Ok(leased) => leased,
             Err(response) => return *response,
@@ -1032,7 +1030,8 @@ async fn forward_inner(
             Err(cause) => {
                 let response = lease.unreachable(function, &cause);
                 // Nothing was sent: any request may go to another instance.
-                if attempt == 0 {
+                if !retried {
+                    retried = true;
                     continue;
                 }
                 return response;
@@ -1081,18 +1080,14 @@ async fn forward_inner(
                     );
                 }
                 let response = lease.failed(function, &cause);
-                if repeatable && attempt == 0 {
+                if repeatable && !retried {
+                    retried = true;
                     continue;
                 }
                 return response;
             }
         }
     }
-    error(
-        StatusCode::BAD_GATEWAY,
-        "instance_failed",
-        "no instance could take the request".to_owned(),
-    )
 }
 
 fn body_too_large(cause: &hyper::Error) -> bool {
@@ -1106,7 +1101,7 @@ fn body_too_large(cause: &hyper::Error) -> bool {
     false
 }
 
-pub(crate) fn pool_error(function: &FunctionPool, cause: PoolError) -> Response<Body> {
+fn pool_error(function: &FunctionPool, cause: PoolError) -> Response<Body> {
     let (status, code, retry) = match &cause {
         PoolError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full", true),
         PoolError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity", true),
