@@ -449,7 +449,7 @@ impl<T> State<T> {
         waker: Waker,
         effects: &mut Effects<T>,
     ) -> Result<(WaiterId, Arc<Mailbox<T>>)> {
-        if self.waiters.len >= self.config.queue_limit && self.queue_is_full() {
+        if self.queue_is_full() {
             self.counters.queue_full += 1;
             return Err(Error::QueueFull { limit: self.config.queue_limit, max: self.config.max });
         }
@@ -474,13 +474,22 @@ impl<T> State<T> {
     /// Whether no acquire may join the queue. The limit is on acquires waiting for a busy
     /// instance to come back: those that the creates running or still to start will serve do
     /// not count against it, so a burst on a cold pool is never refused while the pool may
-    /// still grow for it. Asked only once the queue holds `queue_limit` (the acquire path stays
-    /// one comparison).
-    #[cold]
+    /// still grow for it.
     fn queue_is_full(&self) -> bool {
-        let room = self.config.max.saturating_sub(self.size + self.creating);
-        let served_by_creates = (self.creating + room).saturating_mul(self.config.concurrency);
+        let served_by_creates =
+            (self.creating + self.room()).saturating_mul(self.config.concurrency);
         self.waiters.len >= self.config.queue_limit.saturating_add(served_by_creates)
+    }
+
+    /// The most acquires that can ever wait at once: the queue, and a full pool's leases.
+    fn most_waiting(&self) -> usize {
+        let leases = self.config.max.saturating_mul(self.config.concurrency);
+        self.config.queue_limit.saturating_add(leases)
+    }
+
+    /// Instances that may still be created under `max`.
+    fn room(&self) -> usize {
+        self.config.max.saturating_sub(self.size + self.creating)
     }
 
     /// A queued acquire was dropped: leave the queue. `false` when it was already served (its
@@ -528,9 +537,8 @@ impl<T> State<T> {
     ) {
         let Returned { slot: index, instance, broken, record, mailbox } = returned;
         if let Some(mailbox) = mailbox {
-            // As many as can wait at once: the queue, and the acquires creates will serve.
-            let keep = self.config.max.saturating_mul(self.config.concurrency);
-            self.waiters.mailboxes.give_back(mailbox, self.config.queue_limit.saturating_add(keep));
+            let keep = self.most_waiting();
+            self.waiters.mailboxes.give_back(mailbox, keep);
         }
         self.leased -= 1;
         if let Some(record) = record {
@@ -632,9 +640,8 @@ impl<T> State<T> {
         let live = self.size - self.retiring;
         let for_waiters = self.waiters.len.div_ceil(concurrency).saturating_sub(self.creating);
         let for_min = self.config.min.saturating_sub(live + self.creating);
-        let room = self.config.max.saturating_sub(self.size + self.creating);
         let parallel = self.config.max_concurrent_creates.saturating_sub(self.creating);
-        let starts = for_waiters.max(for_min).min(room).min(parallel);
+        let starts = for_waiters.max(for_min).min(self.room()).min(parallel);
         self.creating += starts;
         starts
     }
