@@ -55,21 +55,25 @@ pub(crate) fn engine_host(configured: Option<&str>) -> String {
     with_default_port(host)
 }
 
+/// The `host[:port]` of a `tcp://` or `http://` engine address (a trailing `/` dropped);
+/// `None` for any other address.
+pub(crate) fn tcp_authority(host: &str) -> Option<&str> {
+    let rest = host.strip_prefix("tcp://").or(host.strip_prefix("http://"))?;
+    Some(rest.trim_end_matches('/'))
+}
+
 /// `host` with [`DEFAULT_TCP_PORT`] added to a `tcp://` or `http://` address that has no port.
 fn with_default_port(host: String) -> String {
-    let Some(rest) = host.strip_prefix("tcp://").or(host.strip_prefix("http://")) else {
-        return host;
-    };
-    let authority = rest.trim_end_matches('/');
-    // `[::1]` or `host`, without a `:port` after the host part.
+    let Some(authority) = tcp_authority(&host) else { return host };
+    // A port is digits after the last `:` (in `[::1]` the last `:` is inside the brackets).
     let has_port = authority
         .rsplit_once(':')
-        .is_some_and(|(before, port)| !before.ends_with(':') && !port.contains(']'));
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
     if authority.is_empty() || has_port {
         return host;
     }
-    let scheme = &host[..host.len() - rest.len()];
-    format!("{scheme}{authority}:{DEFAULT_TCP_PORT}")
+    let scheme = host.split_once("://").map_or("", |(scheme, _)| scheme);
+    format!("{scheme}://{authority}:{DEFAULT_TCP_PORT}")
 }
 
 /// How long the TCP readiness check holds a connection to see that the function keeps it.
@@ -211,7 +215,7 @@ impl DockerBackend {
         let timeout = config.api_timeout.as_secs().max(1);
         let docker = if let Some(path) = host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION)
-        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+        } else if tcp_authority(&host).is_some() {
             Docker::connect_with_http(&host, timeout, bollard::API_DEFAULT_VERSION)
         } else {
             return Err(unavailable(

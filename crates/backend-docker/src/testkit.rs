@@ -45,7 +45,7 @@ fn engine_answers_at(host: &str) -> Result<(), String> {
             stream.write_all(request)?;
             stream.read_to_end(&mut answer)
         })
-    } else if let Some(address) = host.strip_prefix("tcp://").or(host.strip_prefix("http://")) {
+    } else if let Some(address) = crate::backend::tcp_authority(host) {
         std::net::TcpStream::connect(address).and_then(|mut stream| {
             stream.set_read_timeout(Some(Duration::from_secs(3)))?;
             stream.write_all(request)?;
