@@ -1458,7 +1458,7 @@ fn server_issues(server: &ServerConfig) -> Vec<Issue> {
         issues.push(Issue::new(&["server", "admin_token"], "must not be empty"));
     }
     if let Some(variable) = &server.admin_token_env
-        && (variable.is_empty() || variable.contains(['=', '\0']))
+        && !pool_core::is_env_name(variable)
     {
         issues.push(Issue::new(
             &["server", "admin_token_env"],
@@ -1517,7 +1517,7 @@ fn function_issues(
         BackendKind::Docker => issues.extend(docker_issues(name, function)),
     }
     for key in function.env.keys() {
-        if key.is_empty() || key.contains(['=', '\0']) {
+        if !pool_core::is_env_name(key) {
             issues.push(Issue::new(
                 &["functions", name, "env", key],
                 format!("{key:?} is not a valid environment variable name"),

@@ -219,6 +219,11 @@ pub enum Readiness {
     Http(String),
 }
 
+/// Whether `name` can name an environment variable: not empty, and no `=` or NUL in it.
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
+}
+
 /// The spec rules every backend that launches programs shares: a startup timeout above zero,
 /// an HTTP readiness path that starts with `/`, and environment variable names that are not
 /// empty and hold no `=` or NUL. The reason of the first rule broken, for the backend's
@@ -236,7 +241,7 @@ pub fn check_launch_rules<'a>(
     {
         return Err(format!("readiness http path {path:?} must start with '/'"));
     }
-    match env_names.into_iter().find(|name| name.is_empty() || name.contains(['=', '\0'])) {
+    match env_names.into_iter().find(|name| !is_env_name(name)) {
         Some(name) => Err(format!("environment variable name {name:?} is not valid")),
         None => Ok(()),
     }

@@ -93,7 +93,7 @@ pub mod testkit;
 
 pub use backend::{
     Backend, BackendError, Endpoint, FunctionManager, FunctionName, FunctionSpec, Health, Instance,
-    InstanceRecord, Readiness, Reaped, Termination, Terminations, check_launch_rules,
+    InstanceRecord, Readiness, Reaped, Termination, Terminations, check_launch_rules, is_env_name,
 };
 pub use config::{PoolConfig, Selection};
 pub use error::{Error, ManagerError, Result};
