@@ -1224,7 +1224,8 @@ impl Config {
         })?;
         let text = std::fs::read_to_string(path)
             .map_err(|error| in_file(format!("cannot read the config file: {error}")))?;
-        Self::read(&text, format, Some(path), env, Backends::Check)
+        let base_dir = absolute_dir(path.parent().unwrap_or(Path::new("")));
+        Self::read(&text, format, Some(path), env, Some(base_dir))
     }
 
     /// Reads a config from `text`, applies the environment overrides found in `env`, checks it,
@@ -1248,7 +1249,7 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigErrors> {
-        Self::read(text, format, file, env, Backends::Skip)
+        Self::read(text, format, file, env, None)
     }
 
     fn read(
@@ -1256,7 +1257,7 @@ impl Config {
         format: Format,
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-        backends: Backends,
+        backend_base: Option<PathBuf>,
     ) -> Result<Config, ConfigErrors> {
         let document = Document::parse(text, format).map_err(|errors| {
             let located = errors.into_iter().map(|(position, reason)| ConfigError {
@@ -1270,7 +1271,7 @@ impl Config {
         let mut loader = Loader {
             document,
             file: file.map(Path::to_owned),
-            backends,
+            backend_base,
             errors: Vec::new(),
             overrides: Vec::new(),
         };
@@ -2336,17 +2337,12 @@ impl<T> Section<T> {
     }
 }
 
-/// Whether a config read from a file also goes through its backends' own checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backends {
-    Check,
-    Skip,
-}
-
 struct Loader<'a> {
     document: Document<'a>,
     file: Option<PathBuf>,
-    backends: Backends,
+    /// Where the relative paths of a config read from a file resolve, as `resolve` will have
+    /// them; set, each function also goes through its backend's own check.
+    backend_base: Option<PathBuf>,
     errors: Vec<ConfigError>,
     overrides: Vec<Override>,
 }
@@ -2504,14 +2500,6 @@ impl Loader<'_> {
         if let Some(settings) = &defaults.value {
             let unknown = |field: &str| defaults.dropped.iter().any(|dropped| dropped == field);
             issues.extend(defaults_issues(settings, &unknown));
-            // Where a file's relative paths resolve, as `resolve` will have them; with no file,
-            // that is the caller's choice, made at `resolve`.
-            let base_dir = match (&self.file, self.backends) {
-                (Some(file), Backends::Check) => {
-                    Some(absolute_dir(file.parent().unwrap_or(Path::new(""))))
-                }
-                _ => None,
-            };
             for (name, (function, function_dropped)) in &functions {
                 let unknown = |field: &str| {
                     let dropped = |fields: &[String]| fields.iter().any(|dropped| dropped == field);
@@ -2524,7 +2512,7 @@ impl Loader<'_> {
                 if found.is_empty()
                     && function_dropped.is_empty()
                     && defaults.dropped.is_empty()
-                    && let Some(base_dir) = &base_dir
+                    && let Some(base_dir) = &self.backend_base
                     && let Ok(function_name) = FunctionName::new(name)
                     && let Some(reason) = backend_refusal(
                         function_name,
