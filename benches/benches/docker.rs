@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 use backend_docker::{DockerBackend, DockerBackendConfig, DockerSpec, PullPolicy, Readiness};
 use criterion::{Criterion, SamplingMode, criterion_group};
 use pool_core::testkit::http_get;
-use pool_core::{Backend, FunctionManager, FunctionSpec, InstanceId, PoolName, Scope};
+use pool_core::{Backend, FunctionSpec, InstanceId, PoolName, Scope};
 use tokio::runtime::Runtime;
 
 /// The pool name stamped on every container the backend launches here.
@@ -367,11 +367,7 @@ fn warm_acquire(c: &mut Criterion) {
         c,
         "docker_warm_acquire",
         &runtime,
-        async || {
-            let manager =
-                FunctionManager::new(backend.clone(), function(&image)).expect("a valid spec");
-            warm_pool(manager, WARM, Duration::from_secs(60)).await
-        },
+        async || warm_pool(backend.clone(), function(&image), Duration::from_secs(60)).await,
         &title,
         || assert_nothing_left(&runtime, &backend),
     );

@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use backend_process::{ProcessBackend, ProcessBackendConfig, ProcessSpec, processes_of};
 use criterion::{Criterion, SamplingMode};
 use criterion::{criterion_group, criterion_main};
-use pool_core::{Backend, FunctionManager, FunctionSpec, InstanceId, PoolName, Scope};
+use pool_core::{Backend, FunctionSpec, InstanceId, PoolName, Scope};
 use tokio::runtime::Runtime;
 
 /// The pool name stamped on every instance the backend launches here.
@@ -264,11 +264,7 @@ fn warm_acquire(c: &mut Criterion) {
         c,
         "warm_acquire",
         &runtime,
-        async || {
-            let manager =
-                FunctionManager::new(backend.clone(), function(&fixture)).expect("a valid spec");
-            warm_pool(manager, WARM, Duration::from_secs(30)).await
-        },
+        async || warm_pool(backend.clone(), function(&fixture), Duration::from_secs(30)).await,
         &title,
         || assert_nothing_left(&backend),
     );

@@ -1,11 +1,12 @@
 //! What the backend benchmarks (`process`, `docker`) share: their runtimes, a warm pool, and
 //! the timed acquires with the report printed after them.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use hdrhistogram::Histogram;
-use pool_core::{Backend, FunctionManager, Pool, PoolConfig};
+use pool_core::{Backend, FunctionManager, FunctionSpec, Pool, PoolConfig};
 use tokio::runtime::Runtime;
 
 use crate::common::short;
@@ -45,20 +46,21 @@ pub(crate) fn summed(
     })
 }
 
-/// A pool of `warm` instances of `manager`, all ready and idle within `limit`. Must run
-/// inside the runtime.
+/// A pool of [`WARM`] instances of `function` on `backend`, all ready and idle within
+/// `limit`. Must run inside the runtime.
 pub(crate) async fn warm_pool<B: Backend>(
-    manager: FunctionManager<B>,
-    warm: usize,
+    backend: Arc<B>,
+    function: FunctionSpec<B::Spec>,
     limit: Duration,
 ) -> BackendPool<B> {
-    let config = PoolConfig { min: warm, max: warm, ..PoolConfig::default() };
+    let manager = FunctionManager::new(backend, function).expect("a valid spec");
+    let config = PoolConfig { min: WARM, max: WARM, ..PoolConfig::default() };
     let pool = Pool::new(manager, config).expect("a valid config");
     let start = Instant::now();
-    while pool.status().idle < warm {
+    while pool.status().idle < WARM {
         assert!(
             start.elapsed() < limit,
-            "the pool did not get {warm} idle instances in {limit:?}: {:?}",
+            "the pool did not get {WARM} idle instances in {limit:?}: {:?}",
             pool.status()
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -66,11 +68,11 @@ pub(crate) async fn warm_pool<B: Backend>(
     pool
 }
 
-/// The `warm_acquire` group named `name`: acquire + drop on a pool of [`WARM`] ready instances,
-/// made by `make` on `runtime` the first time the group runs; then [`HDR_ITERATIONS`] of them
-/// timed one by one and reported under `title` (see [`time_acquires_and_shut_down`]). After the pool
-/// is gone `nothing_left` checks the backend left nothing running, and the warm instances
-/// must never have been replaced.
+/// The `warm_acquire` group named `name`: acquire + drop on a pool of [`WARM`] ready instances
+/// (a [`warm_pool`]), made by `make` on `runtime` the first time the group runs; then
+/// [`HDR_ITERATIONS`] of them timed one by one and reported under `title` (see
+/// [`time_acquires_and_shut_down`]). After the pool is gone `nothing_left` checks the backend
+/// left nothing running, and the warm instances must never have been replaced.
 pub(crate) fn warm_acquire_group<B: Backend>(
     c: &mut Criterion,
     name: &str,
@@ -93,27 +95,26 @@ pub(crate) fn warm_acquire_group<B: Backend>(
         nothing_left();
         return;
     };
-    let created = time_acquires_and_shut_down(runtime, pool, HDR_ITERATIONS, title);
+    let created = time_acquires_and_shut_down(runtime, pool, title);
     nothing_left();
     assert_eq!(created, WARM as u64, "the warm instances were never replaced");
 }
 
-/// Times `iterations` acquire + drop pairs one by one into an HDR histogram (after as many
-/// untimed ones), shuts the pool down, and prints `title`, the latency table and what the
+/// Times [`HDR_ITERATIONS`] acquire + drop pairs one by one into an HDR histogram (after as
+/// many untimed ones), shuts the pool down, and prints `title`, the latency table and what the
 /// shutdown did. Returns how many instances the pool created.
 fn time_acquires_and_shut_down<B: Backend>(
     runtime: &Runtime,
     pool: BackendPool<B>,
-    iterations: usize,
     title: &str,
 ) -> u64 {
     let mut latency =
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds");
     runtime.block_on(async {
-        for _ in 0..iterations {
+        for _ in 0..HDR_ITERATIONS {
             drop(pool.acquire().await.expect("a warm instance"));
         }
-        for _ in 0..iterations {
+        for _ in 0..HDR_ITERATIONS {
             let start = Instant::now();
             let lease = pool.acquire().await.expect("a warm instance");
             drop(lease);
