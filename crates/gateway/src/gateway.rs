@@ -518,8 +518,9 @@ impl Gateway {
     /// Stops the instances that would outlive the program at once, without waiting for
     /// leases or a grace period: closes every pool, so that none starts another instance, and
     /// removes every container of this gateway until the engine lists none (a launch under way
-    /// may still create one) or `deadline` has passed. Child processes need nothing: they are
-    /// killed when the program exits (a parent-death signal). The instances of a
+    /// may still create one) or `deadline` has passed; an engine that does not answer by then
+    /// is an error. Child processes need nothing: they are killed when the program exits (a
+    /// parent-death signal). The instances of a
     /// [`custom_function`](GatewayBuilder::custom_function) backend only get their pool's
     /// shutdown started, which the program's exit cuts short: such a backend should make its
     /// instances die with the program, or be reaped at the next start. For a program about to
@@ -533,17 +534,24 @@ impl Gateway {
             let pool = function.pool.clone();
             tokio::spawn(async move { pool.shutdown(Duration::ZERO).await });
         }
+        const ROUNDS_APART: Duration = Duration::from_millis(100);
         let Some(docker) = &self.shared.docker else { return Ok(0) };
         let end = Instant::now() + deadline;
         let mut removed = std::collections::HashSet::new();
         loop {
-            let now = docker.remove_own_containers().await?;
-            let done = now.is_empty();
-            removed.extend(now);
-            if done || Instant::now() >= end {
+            let listed = tokio::time::timeout_at(end, docker.remove_own_containers())
+                .await
+                .map_err(|_| pool_core::BackendError::Operation {
+                    operation: "removing the gateway's containers".to_owned(),
+                    reason: format!("the Docker Engine did not answer within {deadline:?}"),
+                    source: None,
+                })??;
+            let done = listed.is_empty();
+            removed.extend(listed);
+            if done || Instant::now() + ROUNDS_APART >= end {
                 return Ok(removed.len());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(ROUNDS_APART).await;
         }
     }
 }
