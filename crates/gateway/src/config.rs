@@ -1096,18 +1096,20 @@ fn backend_spec(
 /// found, a file source missing...), by the backend's own check: `None` when it takes it.
 fn backend_refusal(name: FunctionName, spec: BackendSpec) -> Option<String> {
     let (backend, checked) = match spec {
-        BackendSpec::Process(spec) => {
-            ("process", backend_process::check_spec(&pool_core::FunctionSpec { name, spec }))
-        }
-        BackendSpec::Docker(spec) => {
-            ("docker", backend_docker::check_spec(&pool_core::FunctionSpec { name, spec }))
-        }
+        BackendSpec::Process(spec) => (
+            BackendKind::Process,
+            backend_process::check_spec(&pool_core::FunctionSpec { name, spec }),
+        ),
+        BackendSpec::Docker(spec) => (
+            BackendKind::Docker,
+            backend_docker::check_spec(&pool_core::FunctionSpec { name, spec }),
+        ),
     };
     let reason = match checked.err()? {
         BackendError::InvalidSpec { reason, .. } => reason,
         other => other.to_string(),
     };
-    Some(format!("the {backend} backend refuses this function: {reason}"))
+    Some(format!("the {} backend refuses this function: {reason}", backend.as_str()))
 }
 
 /// The process spec of a process function, paths resolved against `base_dir`. Its command is
