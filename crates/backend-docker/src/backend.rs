@@ -802,8 +802,7 @@ fn operation(operation: String, error: DockerError) -> BackendError {
 /// checker can tell with it whether the backend will take a spec.
 pub fn check_spec(function: &FunctionSpec<DockerSpec>) -> Result<(), BackendError> {
     let spec = &function.spec;
-    let invalid =
-        |reason: String| BackendError::InvalidSpec { function: function.name.to_string(), reason };
+    let invalid = |reason: String| BackendError::invalid_spec(&function.name, reason);
     if spec.image.trim().is_empty() {
         return Err(invalid("image is empty".to_owned()));
     }

@@ -444,8 +444,7 @@ pub fn check_spec(function: &FunctionSpec<ProcessSpec>) -> Result<(), BackendErr
 /// Checks the spec as [`check_spec`] does; the program's path.
 fn resolved_program(function: &FunctionSpec<ProcessSpec>) -> Result<PathBuf, BackendError> {
     let spec = &function.spec;
-    let invalid =
-        |reason: String| BackendError::InvalidSpec { function: function.name.to_string(), reason };
+    let invalid = |reason: String| BackendError::invalid_spec(&function.name, reason);
     if let Some(dir) = &spec.working_dir
         && !dir.is_dir()
     {

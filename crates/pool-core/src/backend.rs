@@ -358,6 +358,11 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// `function`'s spec cannot work, for `reason`.
+    pub fn invalid_spec(function: &FunctionName, reason: impl Into<String>) -> Self {
+        Self::InvalidSpec { function: function.to_string(), reason: reason.into() }
+    }
+
     /// A launch of `function` failed for `reason`.
     pub fn launch(function: &FunctionName, reason: impl Into<String>) -> Self {
         Self::Launch { function: function.to_string(), reason: reason.into(), source: None }
