@@ -72,8 +72,8 @@ fn with_default_port(host: String) -> String {
     if authority.is_empty() || has_port {
         return host;
     }
-    let scheme = host.split_once("://").map_or("", |(scheme, _)| scheme);
-    format!("{scheme}://{authority}:{DEFAULT_TCP_PORT}")
+    // The scheme and the authority: the address without its trailing `/`.
+    format!("{}:{DEFAULT_TCP_PORT}", host.trim_end_matches('/'))
 }
 
 /// How long the TCP readiness check holds a connection to see that the function keeps it.
@@ -353,11 +353,9 @@ impl DockerBackend {
             other => other.to_string(),
         });
         // Later launches make an attempt of their own (removed before the turn is released,
-        // so that no launch takes it after its outcome is known).
-        let mut turns = self.image_turns.lock();
-        if turns.get(&spec.image).is_some_and(|current| Arc::ptr_eq(current, &turn)) {
-            turns.remove(&spec.image);
-        }
+        // so that no launch takes it after its outcome is known). The map still holds this
+        // turn: it leaves only here, and once an attempt on it has ended nobody makes another.
+        self.image_turns.lock().remove(&spec.image);
         made
     }
 
@@ -568,12 +566,8 @@ impl DockerBackend {
                 error,
             )
         })?;
-        let container = Launching {
-            docker: self.docker.clone(),
-            id: created.id,
-            name: name.to_owned(),
-            settled: false,
-        };
+        let container =
+            Launching { docker: self.docker.clone(), id: created.id, name: name.to_owned() };
         if !spec.files.is_empty()
             && let Err(error) = self.upload_files(function, &container.id).await
         {
@@ -873,22 +867,21 @@ fn remove_options() -> RemoveContainerOptions {
 /// cancelled launch leaves no container running.
 struct Launching {
     docker: Docker,
+    /// Empty once settled.
     id: String,
     name: String,
-    settled: bool,
 }
 
 impl Launching {
     /// The container is the instance's now, or removed already: nothing is left to do.
     fn settle(mut self) -> String {
-        self.settled = true;
         std::mem::take(&mut self.id)
     }
 }
 
 impl Drop for Launching {
     fn drop(&mut self) {
-        if self.settled {
+        if self.id.is_empty() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
