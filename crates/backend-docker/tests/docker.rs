@@ -276,11 +276,18 @@ async fn a_cancelled_launch_leaves_no_container() {
     let mut spec = fixture(&image(&backend).await, &["--never-ready"]);
     spec.startup_timeout = Duration::from_secs(120);
     let function = FunctionSpec::new("cancelled", spec).unwrap();
-    // Dropped while it waits for readiness, as the pool's create timeout or its shutdown drops
-    // a launch.
-    let launch =
-        tokio::time::timeout(Duration::from_secs(3), backend.launch(&function, InstanceId(0)));
-    assert!(launch.await.is_err(), "a never-ready container is still waited for");
+    // Dropped once its container exists, while it waits for readiness, as the pool's create
+    // timeout or its shutdown drops a launch.
+    let mut launch = Box::pin(backend.launch(&function, InstanceId(0)));
+    let start = std::time::Instant::now();
+    while leftovers(&backend, &scope).await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the launch made no container");
+        tokio::select! {
+            _ = &mut launch => panic!("a never-ready container is still waited for"),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    drop(launch);
     let start = std::time::Instant::now();
     while leftovers(&backend, &scope).await > 0 {
         assert!(

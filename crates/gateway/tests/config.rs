@@ -188,10 +188,16 @@ fn docs_configuration_names_every_key_of_the_schema() {
     // form of an inline table's value (`{ memory = SIZE, cpus = NUMBER }`, `{ path, source or
     // contents, mode }`).
     let named = |key: &str| {
-        [format!("`{key}`"), format!("[{key}"), format!("{key} ="), format!("{{ {key}")]
-            .iter()
-            .chain(&[format!(", {key}"), format!(" or {key}")])
-            .any(|form| docs.contains(form.as_str()))
+        [
+            format!("`{key}`"),
+            format!("[{key}"),
+            format!("{key} ="),
+            format!("{{ {key}"),
+            format!(", {key}"),
+            format!(" or {key}"),
+        ]
+        .iter()
+        .any(|form| docs.contains(form.as_str()))
     };
     let missing: Vec<_> = found.iter().filter(|key| !named(key)).collect();
     assert!(missing.is_empty(), "docs/configuration.md does not name {missing:?}");

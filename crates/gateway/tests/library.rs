@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gateway::Gateway;
-use parking_lot::Mutex;
+use gateway::{Gateway, GatewayBuilder};
 use pool_core::{
     Backend, BackendError, Endpoint, FunctionName, FunctionSpec, Health, Instance, InstanceId,
     PoolConfig, PoolName, Reaped, Scope, Termination,
@@ -25,21 +24,24 @@ struct InlineBackend {
     scope: Scope,
     reaps: AtomicU32,
     launched: AtomicU32,
-    /// The ids of the instances terminated, in order.
-    terminated: Mutex<Vec<InstanceId>>,
+    terminated: AtomicU32,
 }
 
 impl InlineBackend {
-    /// A backend for a pool name of this test process's own, beginning with `prefix`.
-    fn new(prefix: &str) -> (PoolName, Arc<Self>) {
+    /// A backend for a pool name of this test process's own, beginning with `prefix`, and a
+    /// gateway builder for that pool name (and a state directory of its own).
+    fn new(prefix: &str) -> (GatewayBuilder, Arc<Self>) {
         let pool_name = PoolName::new(format!("{prefix}-{}", std::process::id())).unwrap();
+        let builder = Gateway::builder()
+            .pool_name(pool_name.as_str())
+            .state_dir(Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join(pool_name.as_str())));
         let backend = Arc::new(Self {
-            scope: Scope::current(pool_name.clone()),
+            scope: Scope::current(pool_name),
             reaps: AtomicU32::new(0),
             launched: AtomicU32::new(0),
-            terminated: Mutex::new(Vec::new()),
+            terminated: AtomicU32::new(0),
         });
-        (pool_name, backend)
+        (builder, backend)
     }
 }
 
@@ -60,10 +62,7 @@ impl Backend for InlineBackend {
 
     fn validate(&self, function: &FunctionSpec<String>) -> Result<(), BackendError> {
         if function.spec.is_empty() {
-            return Err(BackendError::InvalidSpec {
-                function: function.name.to_string(),
-                reason: "the greeting is empty".into(),
-            });
+            return Err(BackendError::invalid_spec(&function.name, "the greeting is empty"));
         }
         Ok(())
     }
@@ -100,7 +99,7 @@ impl Backend for InlineBackend {
         _grace: Duration,
     ) -> Result<Termination, BackendError> {
         instance.details().abort();
-        self.terminated.lock().push(instance.id());
+        self.terminated.fetch_add(1, Ordering::SeqCst);
         Ok(Termination::Graceful)
     }
 
@@ -149,11 +148,9 @@ async fn get(address: SocketAddr, path: &str) -> (u16, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_serves_functions_of_its_own_backend() {
-    let (pool_name, backend) = InlineBackend::new("library");
+    let (builder, backend) = InlineBackend::new("library");
     let warm = PoolConfig { min: 1, max: 2, ..PoolConfig::default() };
-    let gateway = Gateway::builder()
-        .pool_name(pool_name.as_str())
-        .state_dir(Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join(pool_name.as_str())))
+    let gateway = builder
         .custom_function(
             FunctionName::new("hello").unwrap(),
             warm.clone(),
@@ -212,15 +209,13 @@ async fn a_program_serves_functions_of_its_own_backend() {
     let launched = backend.launched.load(Ordering::SeqCst);
     assert!(launched >= 2, "each function warmed its minimum: {launched}");
     assert_eq!(report.instances_destroyed, u64::from(launched));
-    assert_eq!(backend.terminated.lock().len(), launched as usize, "every instance was stopped");
+    assert_eq!(backend.terminated.load(Ordering::SeqCst), launched, "every instance was stopped");
 }
 
 #[tokio::test]
 async fn a_spec_the_backend_refuses_stops_the_start_with_its_reason() {
-    let (pool_name, backend) = InlineBackend::new("library-refused");
-    let error = Gateway::builder()
-        .pool_name(pool_name.as_str())
-        .state_dir(Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join(pool_name.as_str())))
+    let (builder, backend) = InlineBackend::new("library-refused");
+    let error = builder
         .custom_function(
             FunctionName::new("mute").unwrap(),
             PoolConfig::default(),

@@ -29,6 +29,11 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The `server.pool` of the gateway a test starts as `name`: its own, per test run.
+fn pool_name(name: &str) -> String {
+    format!("t{}-{name}", std::process::id())
+}
+
 fn scratch(name: &str) -> PathBuf {
     static RUN: AtomicU32 = AtomicU32::new(0);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -48,6 +53,11 @@ fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Server {
     server
 }
 
+/// Sends `signal` (`TERM`, `INT`, `KILL`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+}
+
 /// Starts `smgr serve` as [`start`] does, without waiting for anything.
 fn spawn(name: &str, config: &str, env: &[(&str, &str)]) -> Server {
     let dir = scratch(name);
@@ -55,7 +65,7 @@ fn spawn(name: &str, config: &str, env: &[(&str, &str)]) -> Server {
     let config = config
         .replace("{smgr}", SMGR)
         .replace("{state}", dir.join("state").to_str().unwrap())
-        .replace("{pool}", &format!("t{}-{name}", std::process::id()));
+        .replace("{pool}", &pool_name(name));
     let path = dir.join("smgr.toml");
     std::fs::write(&path, config).unwrap();
     let mut command = Command::new(SMGR);
@@ -136,6 +146,23 @@ fn get(server: &Server, path: &str) -> (u16, String) {
     (code, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// The instance that serves a `GET /fn/echo/`, as `x-smgr-instance` names it; the answer must
+/// be a 200.
+fn serving_instance(server: &Server) -> String {
+    let (code, headers, _) =
+        exchange(server.address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(code, 200);
+    header(&headers, "x-smgr-instance").unwrap().to_owned()
+}
+
+/// Where the first pool's first instance listens, as `/admin/pools` says.
+fn instance_address(server: &Server) -> SocketAddr {
+    let (_, body) = get(server, "/admin/pools");
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let endpoint = value["pools"][0]["instances"][0]["endpoint"].as_str().unwrap();
+    endpoint.trim_start_matches("http://").parse().unwrap()
+}
+
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
@@ -154,9 +181,10 @@ fn echo_config(server: &str, echo: &str) -> String {
     )
 }
 
-/// [`echo_config`] with one instance, and `extra` in the function's table.
-fn one_echo(extra: &str) -> String {
-    echo_config("", &format!("min_instances = 1\nmax_instances = 1\n{extra}"))
+/// [`echo_config`] with one instance: `server` is added to `[server]`, `echo` to the
+/// function's table.
+fn one_echo(server: &str, echo: &str) -> String {
+    echo_config(server, &format!("min_instances = 1\nmax_instances = 1\n{echo}"))
 }
 
 const ECHO: &str = r#"
@@ -248,14 +276,12 @@ fn a_ten_mebibyte_body_goes_up_and_comes_back() {
 
 #[test]
 fn errors_are_json_with_stable_codes() {
-    let config = &(echo_config(
+    let config = &(one_echo(
         r#"
 max_body = "1KiB"
 request_timeout = "2s"
 "#,
         r#"
-min_instances = 1
-max_instances = 1
 queue_limit = 1
 acquire_timeout = "1s"
 "#,
@@ -519,7 +545,7 @@ acquire_timeout = "30s"
         let (code, headers, body) = thread.join().unwrap();
         if code == 200 {
             assert!(String::from_utf8_lossy(&body).starts_with(&format!("GET /{i}\n")));
-            instances.insert(header(&headers, "x-smgr-instance").unwrap_or_default().to_owned());
+            instances.insert(header(&headers, "x-smgr-instance").unwrap().to_owned());
         }
         *codes.entry(code).or_insert(0) += 1;
     }
@@ -530,14 +556,11 @@ acquire_timeout = "30s"
 
 #[test]
 fn an_instance_killed_mid_run_is_replaced() {
-    let config = &one_echo("health_check_interval = \"200ms\"");
+    let config = &one_echo("", "health_check_interval = \"200ms\"");
     let server = start("kill", config, &[]);
-    let (code, headers, _) =
-        exchange(server.address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_eq!(code, 200);
-    let first = header(&headers, "x-smgr-instance").unwrap().to_owned();
+    let first = serving_instance(&server);
     let pid = instance_pids(&server)[0];
-    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    signal(pid, "KILL");
     // The next requests succeed: a GET found dead is retried on another instance, and the
     // health check replaces the dead one.
     let mut instances = Vec::new();
@@ -555,7 +578,7 @@ fn an_instance_killed_mid_run_is_replaced() {
 #[test]
 fn a_request_that_finds_its_instance_dead_before_sending_is_retried_on_a_new_one() {
     // No health checks: the pool learns of the death only when a request finds it.
-    let config = &one_echo("health_check_interval = \"off\"");
+    let config = &one_echo("", "health_check_interval = \"off\"");
     let server = start("retry", config, &[]);
     let requests: [&[u8]; 2] = [
         b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -563,21 +586,13 @@ fn a_request_that_finds_its_instance_dead_before_sending_is_retried_on_a_new_one
         b"POST /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
     ];
     for (round, request) in requests.into_iter().enumerate() {
-        let (code, headers, _) = exchange(
-            server.address,
-            b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        );
-        assert_eq!(code, 200);
-        let before = header(&headers, "x-smgr-instance").unwrap().to_owned();
+        let before = serving_instance(&server);
         let [pid] = instance_pids(&server)[..] else { panic!("one instance") };
-        let (_, pools) = get(&server, "/admin/pools");
-        let pools: serde_json::Value = serde_json::from_str(&pools).unwrap();
-        let endpoint = pools["pools"][0]["instances"][0]["endpoint"].as_str().unwrap().to_owned();
-        let port: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
-        Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+        let address = instance_address(&server);
+        signal(pid, "KILL");
         // Dead, sockets and all: a zombie's other threads may still hold them for a moment.
         wait_until(Duration::from_secs(10), || {
-            gone(pid) && std::net::TcpStream::connect(port).is_err()
+            gone(pid) && std::net::TcpStream::connect(address).is_err()
         });
 
         let (code, headers, body) = exchange(server.address, request);
@@ -631,10 +646,10 @@ queue_limit = 100
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let pool = format!("t{}-sigterm", std::process::id());
+    let pool = pool_name("sigterm");
     let pids = processes_of_pool(&pool);
     assert!(pids.len() >= 4, "{pids:?}");
-    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    signal(server.child.id(), "TERM");
     // It stops accepting, while the requests in flight go on.
     wait_until(Duration::from_secs(5), || TcpStream::connect(address).is_err());
     let codes: Vec<u16> = threads.into_iter().map(|thread| thread.join().unwrap()).collect();
@@ -663,7 +678,7 @@ max_instances = 1
 "#,
         state.display()
     );
-    let pool = format!("t{}-reap", std::process::id());
+    let pool = pool_name("reap");
     let mut first = start("reap", &config, &[]);
     wait_until(Duration::from_secs(30), || processes_of_pool(&pool).len() == 2);
     first.child.kill().unwrap();
@@ -678,7 +693,7 @@ max_instances = 1
     assert_eq!(get(&second, "/fn/echo/").0, 200);
 
     // SIGINT (Ctrl-C) stops it as SIGTERM does: exit 0, and nothing of the pool left.
-    Command::new("kill").args(["-INT", &second.child.id().to_string()]).status().unwrap();
+    signal(second.child.id(), "INT");
     let status = second.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(processes_of_pool(&pool), [] as [u32; 0], "processes of the pool remain");
@@ -701,13 +716,7 @@ fn processes_of_pool(pool: &str) -> Vec<u32> {
 
 #[test]
 fn a_drain_cut_short_by_the_shutdown_timeout_exits_1_and_leaves_no_child() {
-    let config = &echo_config(
-        r#"shutdown_timeout = "1s""#,
-        r#"
-min_instances = 1
-max_instances = 1
-"#,
-    );
+    let config = &one_echo(r#"shutdown_timeout = "1s""#, "");
     let mut server = start("drain-timeout", config, &[]);
     let pids = instance_pids(&server);
     let address = server.address;
@@ -718,12 +727,8 @@ max_instances = 1
         )
         .0
     });
-    wait_until(Duration::from_secs(30), || {
-        let (_, body) = get(&server, "/admin/pools");
-        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        value["pools"][0]["busy"].as_u64() == Some(1)
-    });
-    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    wait_until_busy(&server);
+    signal(server.child.id(), "TERM");
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "the slow request was cut off");
     assert_ne!(request.join().unwrap(), 200);
@@ -790,7 +795,7 @@ fn logs_are_pretty_when_asked_and_rust_log_filters_them() {
         let mut server = Server { child, address: ([127, 0, 0, 1], port).into() };
         let mut pipe = server.child.stderr.take().unwrap();
         wait_until(Duration::from_secs(30), || get(&server, "/readyz").0 == 200);
-        Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+        signal(server.child.id(), "TERM");
         let mut stderr = String::new();
         pipe.read_to_string(&mut stderr).unwrap();
         assert!(server.child.wait().unwrap().success(), "{stderr}");
@@ -911,7 +916,7 @@ fn config_schema_prints_the_json_schema() {
 
 #[test]
 fn an_instance_dying_under_a_request_fails_a_post_and_retries_a_get() {
-    let config = &one_echo("");
+    let config = &one_echo("", "");
     let server = start("instance-failed", config, &[]);
     const POST: &[u8] = b"POST /fn/echo/sleep/3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbody";
     // A POST with a body is not safe to repeat: once sent, a failure is the client's to see.
@@ -957,7 +962,7 @@ fn killed_under(server: &Server, request: &'static [u8]) -> (u32, Exchanged) {
     let sent = std::thread::spawn(move || exchange(address, request));
     wait_until_busy(server);
     std::thread::sleep(Duration::from_millis(300));
-    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    signal(pid, "KILL");
     (pid, sent.join().unwrap())
 }
 
@@ -994,10 +999,10 @@ fn two_signals_during_a_slow_request(server: &mut Server, function: &str) {
         format!("GET /fn/{function}/sleep/20000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let slow = std::thread::spawn(move || exchange(address, request.as_bytes()).0);
     wait_until_busy(server);
-    let smgr = server.child.id().to_string();
-    Command::new("kill").args(["-TERM", &smgr]).status().unwrap();
+    let smgr = server.child.id();
+    signal(smgr, "TERM");
     std::thread::sleep(Duration::from_millis(300));
-    Command::new("kill").args(["-TERM", &smgr]).status().unwrap();
+    signal(smgr, "TERM");
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "a second signal exits non-zero at once");
     let _ = slow.join();
@@ -1037,13 +1042,10 @@ fn without_a_config_the_demo_functions_are_served_and_logs_can_be_json() {
 
 #[test]
 fn connections_to_instances_are_kept_alive_between_requests() {
-    let config = &one_echo("");
+    let config = &one_echo("", "");
     let server = start("keepalive", config, &[]);
     assert_eq!(get(&server, "/fn/echo/").0, 200);
-    let (_, body) = get(&server, "/admin/pools");
-    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let endpoint = value["pools"][0]["instances"][0]["endpoint"].as_str().unwrap().to_owned();
-    let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let port = instance_address(&server).port();
     let before = time_wait(port);
     for _ in 0..20 {
         assert_eq!(get(&server, "/fn/echo/").0, 200);
@@ -1076,23 +1078,9 @@ fn time_wait(port: u16) -> std::collections::BTreeSet<(String, String)> {
 
 #[test]
 fn a_client_that_goes_away_keeps_the_instance_and_a_timed_out_request_replaces_it() {
-    let config = &echo_config(
-        r#"request_timeout = "1s""#,
-        r#"
-min_instances = 1
-max_instances = 1
-"#,
-    );
+    let config = &one_echo(r#"request_timeout = "1s""#, "");
     let server = start("abandoned", config, &[]);
-    let instance = || {
-        let (code, headers, _) = exchange(
-            server.address,
-            b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        );
-        assert_eq!(code, 200);
-        header(&headers, "x-smgr-instance").unwrap().to_owned()
-    };
-    let first = instance();
+    let first = serving_instance(&server);
 
     // The client hangs up while the instance works on its request: the instance is fine.
     let mut stream = TcpStream::connect(server.address).unwrap();
@@ -1100,7 +1088,7 @@ max_instances = 1
     std::thread::sleep(Duration::from_millis(200));
     drop(stream);
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(instance(), first, "a client going away is no fault of the instance");
+    assert_eq!(serving_instance(&server), first, "a client going away is no fault of the instance");
 
     // The instance does not answer within the request timeout: it is stuck, and replaced.
     let (code, _, body) = exchange(
@@ -1108,7 +1096,7 @@ max_instances = 1
         b"GET /fn/echo/sleep/3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert_eq!((code, error_code(&body)), (504, "timeout".to_owned()));
-    assert_ne!(instance(), first, "the instance stuck on a request is replaced");
+    assert_ne!(serving_instance(&server), first, "the instance stuck on a request is replaced");
 }
 
 /// The engine's view of the backend's pool: its containers, of every owner, as
@@ -1127,7 +1115,7 @@ fn containers_of(
 /// For the Docker tests of gateway `name`: a runtime, a backend of its pool to look at the
 /// engine with, and a config serving the fixture image as function `boxed` (two instances).
 fn docker_gateway(name: &str) -> (tokio::runtime::Runtime, backend_docker::DockerBackend, String) {
-    let pool = format!("t{}-{name}", std::process::id());
+    let pool = pool_name(name);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let scope = pool_core::Scope::current(pool_core::PoolName::new(&pool).unwrap());
     let (backend, image) = runtime.block_on(async {
@@ -1193,8 +1181,7 @@ fn docker_functions_are_served_and_a_sigkilled_gateway_leaves_nothing_after_a_re
     assert_eq!(get(&second, "/fn/boxed/").0, 200);
 
     // A graceful stop removes its containers too.
-    let smgr = second.child.id().to_string();
-    Command::new("kill").args(["-TERM", &smgr]).status().unwrap();
+    signal(second.child.id(), "TERM");
     let mut second = second;
     let status = second.child.wait().unwrap();
     assert!(status.success(), "{status}");
@@ -1223,10 +1210,10 @@ fn an_unreachable_docker_engine_stops_the_start_with_the_address_tried() {
     std::fs::write(
         &config,
         format!(
-            "[server]\npool = \"t{}-no-engine\"\nstate_dir = \"{}\"\n\
+            "[server]\npool = \"{}\"\nstate_dir = \"{}\"\n\
              docker_host = \"unix:///nonexistent/smgr/docker.sock\"\n\n\
              [functions.boxed]\nbackend = \"docker\"\nimage = \"x\"\n",
-            std::process::id(),
+            pool_name("no-engine"),
             dir.join("state").display()
         ),
     )
@@ -1440,10 +1427,8 @@ max_instances = 1
 
     // Each answer is counted with the status the client got: the bad chunks' 502, not the
     // instance's 200 that came before them.
-    let (code, _, body) =
-        exchange(server.address, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (code, text) = get(&server, "/metrics");
     assert_eq!(code, 200);
-    let text = String::from_utf8_lossy(&body);
     for line in [
         "smgr_requests_total{function=\"raw\",status=\"200\"} 5",
         "smgr_requests_total{function=\"raw\",status=\"204\"} 1",
@@ -1527,18 +1512,12 @@ fn a_head_sent_byte_by_byte_is_forwarded_without_its_hop_by_hop_headers() {
 
 #[test]
 fn an_idle_kept_connection_is_closed_at_shutdown_and_smgr_drains() {
-    let config = &echo_config(
-        r#"shutdown_timeout = "1h""#,
-        r#"
-min_instances = 1
-max_instances = 1
-"#,
-    );
+    let config = &one_echo(r#"shutdown_timeout = "1h""#, "");
     let mut server = start("idle-close", config, &[]);
     let (mut stream, mut reader) = kept_connection(&server);
     stream.write_all(b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_answer(&mut reader, false).0, 200);
-    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    signal(server.child.id(), "TERM");
     assert!(closed(&mut reader), "the idle connection is closed");
     // With an hour to drain, an exit now means every connection was accounted for.
     wait_until(Duration::from_secs(30), || server.child.try_wait().unwrap().is_some());

@@ -99,7 +99,7 @@ struct Ceiling(usize, usize);
 
 impl Ceiling {
     fn resized(&mut self, max: usize, total: usize) {
-        self.0 = max.max(total.min(self.0.max(max)));
+        self.settle(max, total);
         self.1 = self.1.max(max);
     }
 

@@ -31,7 +31,6 @@ pub struct Probe {
     pub created: AtomicU64,
     /// Serial numbers of destroyed instances, in order, with the grace period given.
     pub destroyed: Mutex<Vec<(u64, Duration)>>,
-    pub checks: AtomicU64,
     /// Creates still to fail.
     pub fail_creates: AtomicU32,
     /// Serial numbers whose health checks fail.
@@ -80,10 +79,7 @@ impl Manager for TestManager {
         if let Some(gate) = gate {
             gate.acquire().await.expect("the gate stays open").forget();
         }
-        let delay = *self.probe.create_delay.lock();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        pause(&self.probe.create_delay).await;
         let fail = self
             .probe
             .fail_creates
@@ -97,12 +93,8 @@ impl Manager for TestManager {
     }
 
     async fn check(&self, instance: &TestInstance) -> Result<(), TestError> {
-        self.probe.checks.fetch_add(1, Ordering::SeqCst);
         self.probe.checked.lock().push(instance.serial);
-        let delay = *self.probe.check_delay.lock();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        pause(&self.probe.check_delay).await;
         if self.probe.failing_checks.lock().contains(&instance.serial) {
             return Err(TestError(format!("instance {} is unwell", instance.serial)));
         }
@@ -114,11 +106,16 @@ impl Manager for TestManager {
     }
 
     async fn destroy(&self, instance: TestInstance, grace: Duration) {
-        let delay = *self.probe.destroy_delay.lock();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        pause(&self.probe.destroy_delay).await;
         self.probe.destroyed.lock().push((instance.serial, grace));
+    }
+}
+
+/// Sleeps as long as `delay` says, if at all.
+async fn pause(delay: &Mutex<Duration>) {
+    let delay = *delay.lock();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 }
 
