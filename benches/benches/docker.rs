@@ -57,9 +57,7 @@ use common::{short, spread};
 #[path = "common/backends.rs"]
 mod backends;
 
-use backends::{
-    HDR_ITERATIONS, WARM, current_thread, summed, two_workers, warm_acquire_group, warm_pool,
-};
+use backends::{current_thread, summed, two_workers, warm_acquire_group, warm_pool};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -358,17 +356,12 @@ fn warm_acquire(c: &mut Criterion) {
     let runtime = current_thread();
     let backend = backend(&runtime);
     let image = image(&runtime, &backend);
-    let title = format!(
-        "warm_acquire: {WARM} warm fixture containers, current-thread runtime, \
-         {HDR_ITERATIONS} acquire + drop pairs timed one by one (HDR histogram); \
-         no target (the process backend's: p50 <= 2000 ns)"
-    );
     warm_acquire_group(
         c,
         "docker_warm_acquire",
         &runtime,
         async || warm_pool(backend.clone(), function(&image), Duration::from_secs(60)).await,
-        &title,
+        ("containers", "no target (the process backend's: p50 <= 2000 ns)"),
         || assert_nothing_left(&runtime, &backend),
     );
 }

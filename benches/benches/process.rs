@@ -45,9 +45,7 @@ use common::{short, spread};
 #[path = "common/backends.rs"]
 mod backends;
 
-use backends::{
-    HDR_ITERATIONS, WARM, current_thread, summed, two_workers, warm_acquire_group, warm_pool,
-};
+use backends::{current_thread, summed, two_workers, warm_acquire_group, warm_pool};
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -255,17 +253,12 @@ fn warm_acquire(c: &mut Criterion) {
     let runtime = current_thread();
     let fixture = fixture();
     let backend = backend(&runtime);
-    let title = format!(
-        "warm_acquire: {WARM} warm fixture instances, current-thread runtime, \
-         {HDR_ITERATIONS} acquire + drop pairs timed one by one (HDR histogram); \
-         target p50 <= 2000 ns"
-    );
     warm_acquire_group(
         c,
         "warm_acquire",
         &runtime,
         async || warm_pool(backend.clone(), function(&fixture), Duration::from_secs(30)).await,
-        &title,
+        ("instances", "target p50 <= 2000 ns"),
         || assert_nothing_left(&backend),
     );
 }

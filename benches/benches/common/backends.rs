@@ -14,9 +14,9 @@ use crate::common::short;
 pub(crate) type BackendPool<B> = Pool<FunctionManager<B>>;
 
 /// Warm instances of `warm_acquire`.
-pub(crate) const WARM: usize = 4;
+const WARM: usize = 4;
 /// Acquire + drop pairs timed one by one into the histogram, after as many untimed ones.
-pub(crate) const HDR_ITERATIONS: usize = 100_000;
+const HDR_ITERATIONS: usize = 100_000;
 
 pub(crate) fn two_workers() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -70,17 +70,21 @@ pub(crate) async fn warm_pool<B: Backend>(
 
 /// The `warm_acquire` group named `name`: acquire + drop on a pool of [`WARM`] ready instances
 /// (a [`warm_pool`]), made by `make` on `runtime` the first time the group runs; then
-/// [`HDR_ITERATIONS`] of them timed one by one and reported under `title` (see
-/// [`time_acquires_and_shut_down`]). After the pool is gone `nothing_left` checks the backend
+/// [`HDR_ITERATIONS`] of them timed one by one and reported under a title naming the
+/// instances `what` and the `target` (see [`time_acquires_and_shut_down`]). After the pool is gone `nothing_left` checks the backend
 /// left nothing running, and the warm instances must never have been replaced.
 pub(crate) fn warm_acquire_group<B: Backend>(
     c: &mut Criterion,
     name: &str,
     runtime: &Runtime,
     make: impl AsyncFn() -> BackendPool<B>,
-    title: &str,
+    (what, target): (&str, &str),
     nothing_left: impl Fn(),
 ) {
+    let title = format!(
+        "warm_acquire: {WARM} warm fixture {what}, current-thread runtime, \
+         {HDR_ITERATIONS} acquire + drop pairs timed one by one (HDR histogram); {target}"
+    );
     let mut slot: Option<BackendPool<B>> = None;
     let mut group = c.benchmark_group(name);
     short(&mut group, 20, 500, 2_000);
@@ -95,7 +99,7 @@ pub(crate) fn warm_acquire_group<B: Backend>(
         nothing_left();
         return;
     };
-    let created = time_acquires_and_shut_down(runtime, pool, title);
+    let created = time_acquires_and_shut_down(runtime, pool, &title);
     nothing_left();
     assert_eq!(created, WARM as u64, "the warm instances were never replaced");
 }
