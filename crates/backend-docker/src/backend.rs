@@ -1,7 +1,7 @@
 //! [`DockerBackend`]: functions as containers on a Docker Engine.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,7 +76,8 @@ fn with_default_port(host: String) -> String {
     format!("{}:{DEFAULT_TCP_PORT}", host.trim_end_matches('/'))
 }
 
-/// How long the TCP readiness check holds a connection to see that the function keeps it.
+/// How long the TCP readiness check holds a connection to a published port to see that the
+/// function keeps it (when the host does not reach containers at their own addresses).
 const TCP_HOLD: Duration = Duration::from_millis(20);
 
 /// How a [`DockerBackend`] reaches its engine and stamps its containers.
@@ -189,6 +190,9 @@ pub struct DockerBackend {
     /// Per image not known yet, the attempts to make it present, one at a time.
     image_turns: Mutex<HashMap<String, Arc<ImageTurn>>>,
     pulls: tokio::sync::broadcast::Sender<PullEvent>,
+    /// A TCP readiness check found that this host does not reach containers at their own
+    /// addresses; later checks go through the published port alone.
+    container_addresses_unreachable: AtomicBool,
 }
 
 impl Drop for DockerBackend {
@@ -264,6 +268,7 @@ impl DockerBackend {
             images: Mutex::new(HashSet::new()),
             image_turns: Mutex::new(HashMap::new()),
             pulls: tokio::sync::broadcast::channel(256).0,
+            container_addresses_unreachable: AtomicBool::new(false),
         })
     }
 
@@ -638,9 +643,16 @@ impl DockerBackend {
             });
         }
         let key = format!("{}/tcp", spec.container_port);
-        let host_port = inspected
-            .network_settings
-            .and_then(|settings| settings.ports)
+        let settings = inspected.network_settings.unwrap_or_default();
+        // The function's own address, past the port proxy, for the TCP readiness check.
+        let direct = settings
+            .networks
+            .iter()
+            .flat_map(HashMap::values)
+            .find_map(|endpoint| endpoint.ip_address.as_deref()?.parse::<IpAddr>().ok())
+            .map(|ip| SocketAddr::new(ip, spec.container_port));
+        let host_port = settings
+            .ports
             .and_then(|mut ports| ports.remove(&key))
             .flatten()
             .and_then(|bindings| bindings.into_iter().find_map(|binding| binding.host_port))
@@ -656,7 +668,10 @@ impl DockerBackend {
         let mut last;
         loop {
             let checked = match &spec.readiness {
-                Readiness::Tcp => http::tcp_open(address, TCP_HOLD).await,
+                Readiness::Tcp => {
+                    let unreachable = &self.container_addresses_unreachable;
+                    http::tcp_ready(direct, unreachable, address, TCP_HOLD).await
+                }
                 Readiness::Http(path) => {
                     pool_core::probe::http_ok(address, path, Duration::from_secs(1)).await
                 }

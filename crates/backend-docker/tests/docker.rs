@@ -266,6 +266,30 @@ async fn containers_of_a_sigkilled_owner_are_removed_by_the_next_one() {
     assert_eq!(leftovers(&backend, &scope).await, 0);
 }
 
+/// TCP readiness asks the container at its own address, where a function that does not listen
+/// is refused by the container's kernel. Through the published port, the engine's port proxy
+/// accepts the connection and closes it only once it fails to reach the function, which a busy
+/// host can delay past the check's hold. The engine the tests use runs on this host, on a
+/// bridge network the host reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_readiness_asks_the_container_past_the_port_proxy() {
+    if testkit::skip_without_engine("tcp_readiness_asks_the_container_past_the_port_proxy") {
+        return;
+    }
+    let scope = scope("past-proxy");
+    let backend = connect(scope.clone()).await;
+    let mut spec = fixture(&image(&backend).await, &["--never-ready"]);
+    spec.startup_timeout = Duration::from_millis(800);
+    let port = spec.container_port;
+    let function = FunctionSpec::new("unready", spec).unwrap();
+    let error = backend.launch(&function, InstanceId(0)).await.expect_err("never ready");
+    assert!(matches!(error, BackendError::NotReady { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains(&format!(":{port}: ")), "not the container's port: {message}");
+    assert!(message.contains("refused") && !message.contains("127.0.0.1"), "{message}");
+    assert_eq!(leftovers(&backend, &scope).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_launch_leaves_no_container() {
     if testkit::skip_without_engine("a_cancelled_launch_leaves_no_container") {
