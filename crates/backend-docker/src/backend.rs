@@ -564,15 +564,25 @@ impl DockerBackend {
             ..Default::default()
         };
         let options = CreateContainerOptions { name: Some(name.to_owned()), ..Default::default() };
-        let created = self.docker.create_container(Some(options), body).await.map_err(|error| {
+        // The call runs in a task of its own, which wraps what it creates in a `Launching`:
+        // a launch cancelled while the engine creates the container drops the task's handle,
+        // not the call, and the container is removed when the call returns.
+        let docker = self.docker.clone();
+        let container_name = name.to_owned();
+        let creating = tokio::spawn(async move {
+            let created = docker.create_container(Some(options), body).await?;
+            Ok::<_, DockerError>(Launching { docker, id: created.id, name: container_name })
+        });
+        let created = creating.await.map_err(|error| {
+            BackendError::launch(&function.name, format!("creating a container: {error}"))
+        })?;
+        let container = created.map_err(|error| {
             BackendError::launch_because(
                 &function.name,
                 format!("creating a container of image {}: {error}", spec.image),
                 error,
             )
         })?;
-        let container =
-            Launching { docker: self.docker.clone(), id: created.id, name: name.to_owned() };
         if !spec.files.is_empty()
             && let Err(error) = self.upload_files(function, &container.id).await
         {

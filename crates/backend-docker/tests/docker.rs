@@ -266,6 +266,65 @@ async fn containers_of_a_sigkilled_owner_are_removed_by_the_next_one() {
     assert_eq!(leftovers(&backend, &scope).await, 0);
 }
 
+/// A socket in front of the engine at `engine` whose answers arrive `delay` late: every chunk
+/// the engine sends waits that long before it is passed on. Requests pass at once.
+async fn slow_engine(engine: &str, delay: Duration) -> String {
+    let path = std::env::temp_dir().join(format!(
+        "smgr-slow-engine-{}-{}.sock",
+        std::process::id(),
+        SLOW_ENGINES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let engine = engine.to_owned();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = tokio::net::UnixStream::connect(&engine).await else { return };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut engine_read, mut engine_write) = upstream.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut engine_write).await;
+            });
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut chunk = vec![0; 64 * 1024];
+                while let Ok(read @ 1..) = engine_read.read(&mut chunk).await {
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&chunk[..read]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("unix://{}", path.display())
+}
+
+static SLOW_ENGINES: AtomicU32 = AtomicU32::new(0);
+
+/// A launch dropped after the engine has made its container, but before the engine's answer
+/// came back, still leaves nothing: the container is removed once the answer arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_cancelled_while_the_engine_creates_leaves_no_container() {
+    if testkit::skip_without_engine("a_launch_cancelled_while_the_engine_creates...") {
+        return;
+    }
+    let scope = scope("cancelled-create");
+    let engine = connect(scope.clone()).await;
+    let image = image(&engine).await;
+    let Some(socket) = engine.host().strip_prefix("unix://") else {
+        panic!("this test puts itself in front of a unix socket, not {}", engine.host());
+    };
+    let mut config = DockerBackendConfig::new(scope.clone());
+    config.host = Some(slow_engine(socket, Duration::from_secs(1)).await);
+    config.follow_events = false;
+    let slow = DockerBackend::connect(config).await.expect("the engine answers, late");
+    let function = FunctionSpec::new("cancelled", fixture(&image, &[])).unwrap();
+    // The engine is asked directly, without the delay: the container is there well before the
+    // slow socket passes on the engine's answer.
+    drop_once_created(slow.launch(&function, InstanceId(0)), &engine, &scope).await;
+}
+
 /// TCP readiness asks the container at its own address, where a function that does not listen
 /// is refused by the container's kernel. Through the published port, the engine's port proxy
 /// accepts the connection and closes it only once it fails to reach the function, which a busy
@@ -300,20 +359,28 @@ async fn a_cancelled_launch_leaves_no_container() {
     let mut spec = fixture(&image(&backend).await, &["--never-ready"]);
     spec.startup_timeout = Duration::from_secs(120);
     let function = FunctionSpec::new("cancelled", spec).unwrap();
-    // Dropped once its container exists, while it waits for readiness, as the pool's create
-    // timeout or its shutdown drops a launch.
-    let mut launch = Box::pin(backend.launch(&function, InstanceId(0)));
+    drop_once_created(backend.launch(&function, InstanceId(0)), &backend, &scope).await;
+}
+
+/// Drops `launch` as soon as `engine` lists its container, as the pool's create timeout or its
+/// shutdown drops a launch, and waits until the container is gone.
+async fn drop_once_created<T: std::fmt::Debug>(
+    launch: impl Future<Output = T>,
+    engine: &DockerBackend,
+    scope: &Scope,
+) {
+    let mut launch = Box::pin(launch);
     let start = std::time::Instant::now();
-    while leftovers(&backend, &scope).await == 0 {
+    while leftovers(engine, scope).await == 0 {
         assert!(start.elapsed() < Duration::from_secs(30), "the launch made no container");
         tokio::select! {
-            _ = &mut launch => panic!("a never-ready container is still waited for"),
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            done = &mut launch => panic!("the launch ended before its container was seen: {done:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
     drop(launch);
     let start = std::time::Instant::now();
-    while leftovers(&backend, &scope).await > 0 {
+    while leftovers(engine, scope).await > 0 {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the container of the cancelled launch is still there"
