@@ -323,6 +323,9 @@ async fn a_launch_cancelled_while_the_engine_creates_leaves_no_container() {
     // The engine is asked directly, without the delay: the container is there well before the
     // slow socket passes on the engine's answer.
     drop_once_created(slow.launch(&function, InstanceId(0)), &engine, &scope).await;
+    if let Some(path) = slow.host().strip_prefix("unix://") {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// TCP readiness asks the container at its own address, where a function that does not listen
