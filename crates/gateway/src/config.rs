@@ -1475,11 +1475,11 @@ fn server_issues(server: &ServerConfig) -> Vec<Issue> {
         issues.push(Issue::new(&["server", "request_timeout"], "must be longer than zero"));
     }
     if let Some(host) = &server.docker_host
-        && !(host.starts_with("unix://") || host.starts_with("tcp://"))
+        && !["unix://", "tcp://", "http://"].iter().any(|scheme| host.starts_with(scheme))
     {
         issues.push(Issue::new(
             &["server", "docker_host"],
-            format!("must be unix:///path or tcp://host:port, got {host:?}"),
+            format!("must be unix:///path, tcp://host:port or http://host:port, got {host:?}"),
         ));
     }
     if server.docker_max_concurrent_creates == 0 {
@@ -3369,8 +3369,8 @@ env = { LEVEL = "debug" }
                 "[server]\ndocker_host = \"ssh://box\"\ndocker_max_concurrent_creates = 0\n"
             ),
             [
-                "smgr.toml:2:15: server.docker_host: must be unix:///path or tcp://host:port, got \
-                 \"ssh://box\"",
+                "smgr.toml:2:15: server.docker_host: must be unix:///path, tcp://host:port or \
+                 http://host:port, got \"ssh://box\"",
                 "smgr.toml:3:33: server.docker_max_concurrent_creates: must be at least 1, got 0",
             ]
         );
@@ -3382,6 +3382,10 @@ env = { LEVEL = "debug" }
         .unwrap();
         assert_eq!(config.server.docker_host.as_deref(), Some("tcp://10.0.0.2:2375"));
         assert_eq!(config.server.docker_max_concurrent_creates, 2);
+        // What DOCKER_HOST and the backend take, the config takes too.
+        let config =
+            load("[server]\ndocker_host = \"http://10.0.0.2\"\n", Format::Toml, &[]).unwrap();
+        assert_eq!(config.server.docker_host.as_deref(), Some("http://10.0.0.2"));
         assert_eq!(Config::default().server.docker_max_concurrent_creates, 8);
     }
 
