@@ -505,7 +505,8 @@ impl DockerBackend {
         }
     }
 
-    /// Creates the container of `function` and uploads its files; the container's id.
+    /// Creates the container of `function` and uploads its files; the container, removed if it
+    /// is dropped before the launch settles it.
     async fn create(
         &self,
         function: &FunctionSpec<DockerSpec>,
