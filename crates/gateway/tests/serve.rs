@@ -141,9 +141,19 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 fn get(server: &Server, path: &str) -> (u16, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let (code, _, body) = exchange(server.address, request.as_bytes());
+    let (code, _, body) = exchange(server.address, get_request(path).as_bytes());
     (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `GET path` on a connection of its own, closed after the answer.
+fn get_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+}
+
+/// Sends `GET path` to `address` from a thread of its own; the answer, once joined.
+fn get_in_background(address: SocketAddr, path: &str) -> std::thread::JoinHandle<Exchanged> {
+    let request = get_request(path);
+    std::thread::spawn(move || exchange(address, request.as_bytes()))
 }
 
 /// The instance that serves a `GET /fn/echo/`, as `x-smgr-instance` names it; the answer must
@@ -332,16 +342,9 @@ startup_timeout = "2s"
     // request waits in the queue (limit 1) and gives up after its 1 s acquire timeout; a third,
     // sent while the second waits, finds the queue full.
     let address = server.address;
-    let slow = std::thread::spawn(move || {
-        exchange(
-            address,
-            b"GET /fn/echo/sleep/5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-    });
+    let slow = get_in_background(address, "/fn/echo/sleep/5000");
     std::thread::sleep(Duration::from_millis(300));
-    let waiting = std::thread::spawn(move || {
-        exchange(address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    });
+    let waiting = get_in_background(address, "/fn/echo/");
     std::thread::sleep(Duration::from_millis(300));
     let (code, headers, body) =
         exchange(address, b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -530,15 +533,8 @@ acquire_timeout = "30s"
     );
     let server = start("concurrent", config, &[]);
     let address = server.address;
-    let threads: Vec<_> = (0..200)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let request =
-                    format!("GET /fn/echo/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                exchange(address, request.as_bytes())
-            })
-        })
-        .collect();
+    let threads: Vec<_> =
+        (0..200).map(|i| get_in_background(address, &format!("/fn/echo/{i}"))).collect();
     let mut codes = std::collections::BTreeMap::new();
     let mut instances = std::collections::BTreeSet::new();
     for (i, thread) in threads.into_iter().enumerate() {
@@ -634,17 +630,8 @@ queue_limit = 100
     let mut server = start("sigterm", config, &[]);
     wait_until(Duration::from_secs(30), || instance_pids(&server).len() == 4);
     let address = server.address;
-    let threads: Vec<_> = (0..50)
-        .map(|_| {
-            std::thread::spawn(move || {
-                exchange(
-                    address,
-                    b"GET /fn/echo/sleep/1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                )
-                .0
-            })
-        })
-        .collect();
+    let threads: Vec<_> =
+        (0..50).map(|_| get_in_background(address, "/fn/echo/sleep/1500")).collect();
     std::thread::sleep(Duration::from_millis(500));
     let pool = pool_name("sigterm");
     let pids = processes_of_pool(&pool);
@@ -652,7 +639,7 @@ queue_limit = 100
     signal(server.child.id(), "TERM");
     // It stops accepting, while the requests in flight go on.
     wait_until(Duration::from_secs(5), || TcpStream::connect(address).is_err());
-    let codes: Vec<u16> = threads.into_iter().map(|thread| thread.join().unwrap()).collect();
+    let codes: Vec<u16> = threads.into_iter().map(|thread| thread.join().unwrap().0).collect();
     assert!(codes.iter().all(|code| *code == 200), "{codes:?}");
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
@@ -720,18 +707,12 @@ fn a_drain_cut_short_by_the_shutdown_timeout_exits_1_and_leaves_no_child() {
     let mut server = start("drain-timeout", config, &[]);
     let pids = instance_pids(&server);
     let address = server.address;
-    let request = std::thread::spawn(move || {
-        exchange(
-            address,
-            b"GET /fn/echo/sleep/30000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .0
-    });
+    let request = get_in_background(address, "/fn/echo/sleep/30000");
     wait_until_busy(&server);
     signal(server.child.id(), "TERM");
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "the slow request was cut off");
-    assert_ne!(request.join().unwrap(), 200);
+    assert_ne!(request.join().unwrap().0, 200);
     assert_gone(&pids);
 }
 
@@ -975,6 +956,33 @@ fn wait_until_busy(server: &Server) {
     });
 }
 
+/// A request still queued for an instance when the drain is cut short gets 503
+/// `shutting_down` as the pools close, not a dropped connection.
+#[test]
+fn a_request_queued_when_the_drain_is_cut_gets_503_shutting_down() {
+    let config = &one_echo(r#"shutdown_timeout = "1s""#, r#"acquire_timeout = "60s""#);
+    let mut server = start("queued-at-shutdown", config, &[]);
+    let address = server.address;
+    // Holds the only instance past the drain, and past the pools' 5 s wait for leases.
+    let slow = get_in_background(address, "/fn/echo/sleep/20000");
+    wait_until_busy(&server);
+    let queued = get_in_background(address, "/fn/echo/");
+    wait_until(Duration::from_secs(30), || {
+        let (_, body) = get(&server, "/admin/pools");
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        value["pools"][0]["waiting"].as_u64() == Some(1)
+    });
+    signal(server.child.id(), "TERM");
+    let (code, headers, body) = queued.join().unwrap();
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(error_code(&body), "shutting_down");
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+    assert!(header(&headers, "x-smgr-instance").is_none());
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "a cut drain exits non-zero");
+    let _ = slow.join();
+}
+
 #[test]
 fn a_second_signal_stops_at_once_and_the_instances_die_with_smgr() {
     let config = &echo_config(
@@ -994,10 +1002,7 @@ max_instances = 2
 /// Sends smgr two SIGTERMs while a 20 s request to `function` keeps the first one's drain
 /// waiting; checks that it exits at once with status 130.
 fn two_signals_during_a_slow_request(server: &mut Server, function: &str) {
-    let address = server.address;
-    let request =
-        format!("GET /fn/{function}/sleep/20000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let slow = std::thread::spawn(move || exchange(address, request.as_bytes()).0);
+    let slow = get_in_background(server.address, &format!("/fn/{function}/sleep/20000"));
     wait_until_busy(server);
     let smgr = server.child.id();
     signal(smgr, "TERM");
