@@ -55,6 +55,12 @@ pub(crate) fn engine_host(configured: Option<&str>) -> String {
     with_default_port(host)
 }
 
+/// Whether `host` is an engine address the backend can reach: `unix:///path`,
+/// `tcp://host[:port]` or `http://host[:port]`.
+pub fn is_engine_address(host: &str) -> bool {
+    host.starts_with("unix://") || tcp_authority(host).is_some()
+}
+
 /// The `host[:port]` of a `tcp://` or `http://` engine address (a trailing `/` dropped);
 /// `None` for any other address.
 pub(crate) fn tcp_authority(host: &str) -> Option<&str> {

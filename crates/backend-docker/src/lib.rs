@@ -68,6 +68,6 @@ pub mod testkit;
 pub use backend::{
     ContainerDetails, ContainerInfo, DEFAULT_HOST, DEFAULT_TCP_PORT, DockerBackend,
     DockerBackendConfig, FUNCTION_LABEL, INSTANCE_LABEL, OWNER_LABEL, POOL_LABEL, PullEvent,
-    PullStage, check_spec,
+    PullStage, check_spec, is_engine_address,
 };
 pub use spec::{DockerSpec, InjectedFile, Limits, PullPolicy, Readiness, Security};

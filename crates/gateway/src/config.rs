@@ -1475,7 +1475,7 @@ fn server_issues(server: &ServerConfig) -> Vec<Issue> {
         issues.push(Issue::new(&["server", "request_timeout"], "must be longer than zero"));
     }
     if let Some(host) = &server.docker_host
-        && !["unix://", "tcp://", "http://"].iter().any(|scheme| host.starts_with(scheme))
+        && !backend_docker::is_engine_address(host)
     {
         issues.push(Issue::new(
             &["server", "docker_host"],
