@@ -70,15 +70,17 @@ mod tests {
         listener.local_addr().unwrap()
     }
 
-    /// A proxy that accepts and keeps every connection open, as a slowed port proxy does for
-    /// a function that does not listen.
-    async fn keeping() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    /// A port proxy that accepts every connection and keeps it open, as a slowed one does for
+    /// a function that does not listen, or closes it at once, as a prompt one does.
+    async fn proxy(keep: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let mut kept = Vec::new();
             while let Ok((stream, _)) = listener.accept().await {
-                kept.push(stream);
+                if keep {
+                    kept.push(stream);
+                }
             }
         });
         (address, task)
@@ -88,7 +90,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refusing_container_is_not_ready_whatever_the_proxy_does() {
-        let (proxy, _task) = keeping().await;
+        let (proxy, _task) = proxy(true).await;
         let direct = refusing().await;
         let unreachable = AtomicBool::new(false);
         let error = tcp_ready(Some(direct), &unreachable, proxy, HOLD).await.unwrap_err();
@@ -111,7 +113,7 @@ mod tests {
         // unreachable, an error that is not a refusal.
         let direct = Some(SocketAddr::from(([224, 0, 0, 1], 8080)));
         let unreachable = AtomicBool::new(false);
-        let (proxy, _task) = keeping().await;
+        let (proxy, _task) = proxy(true).await;
         tcp_ready(direct, &unreachable, proxy, HOLD).await.expect("the proxy kept it open");
         assert!(unreachable.load(Ordering::Relaxed), "remembered for the next checks");
 
@@ -124,13 +126,7 @@ mod tests {
 
     #[tokio::test]
     async fn through_the_proxy_a_connection_closed_at_once_is_not_ready() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = listener.local_addr().unwrap();
-        let _task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                drop(stream);
-            }
-        });
+        let (proxy, _task) = proxy(false).await;
         let unreachable = AtomicBool::new(false);
         let error = tcp_ready(None, &unreachable, proxy, HOLD).await.unwrap_err();
         assert!(error.contains("closed at once"), "{error}");

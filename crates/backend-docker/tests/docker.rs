@@ -40,6 +40,17 @@ fn fixture(image: &str, args: &[&str]) -> DockerSpec {
     DockerSpec::new(image).command(command).pull(PullPolicy::Never)
 }
 
+/// The fixture as function `name`, never ready, given `startup_timeout` to get ready.
+async fn never_ready(
+    backend: &DockerBackend,
+    name: &str,
+    startup_timeout: Duration,
+) -> FunctionSpec<DockerSpec> {
+    let mut spec = fixture(&image(backend).await, &["--never-ready"]);
+    spec.startup_timeout = startup_timeout;
+    FunctionSpec::new(name, spec).unwrap()
+}
+
 /// Kills a container behind the backend's back.
 async fn sigkill(backend: &DockerBackend, container: &str) {
     let options = bollard::query_parameters::KillContainerOptions { signal: "SIGKILL".to_owned() };
@@ -266,16 +277,11 @@ async fn containers_of_a_sigkilled_owner_are_removed_by_the_next_one() {
     assert_eq!(leftovers(&backend, &scope).await, 0);
 }
 
-/// A socket in front of the engine at `engine` whose answers arrive `delay` late: every chunk
-/// the engine sends waits that long before it is passed on. Requests pass at once.
-async fn slow_engine(engine: &str, delay: Duration) -> String {
-    let path = std::env::temp_dir().join(format!(
-        "smgr-slow-engine-{}-{}.sock",
-        std::process::id(),
-        SLOW_ENGINES.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+/// A socket at `path` in front of the engine at `engine` whose answers arrive `delay` late:
+/// every chunk the engine sends waits that long before it is passed on. Requests pass at once.
+async fn slow_engine(engine: &str, path: &Path, delay: Duration) -> String {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
     let engine = engine.to_owned();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
@@ -300,8 +306,6 @@ async fn slow_engine(engine: &str, delay: Duration) -> String {
     format!("unix://{}", path.display())
 }
 
-static SLOW_ENGINES: AtomicU32 = AtomicU32::new(0);
-
 /// A launch dropped after the engine has made its container, but before the engine's answer
 /// came back, still leaves nothing: the container is removed once the answer arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,17 +319,16 @@ async fn a_launch_cancelled_while_the_engine_creates_leaves_no_container() {
     let Some(socket) = engine.host().strip_prefix("unix://") else {
         panic!("this test puts itself in front of a unix socket, not {}", engine.host());
     };
+    let path = std::env::temp_dir().join(format!("smgr-{}.sock", scope.pool));
     let mut config = DockerBackendConfig::new(scope.clone());
-    config.host = Some(slow_engine(socket, Duration::from_secs(1)).await);
+    config.host = Some(slow_engine(socket, &path, Duration::from_secs(1)).await);
     config.follow_events = false;
     let slow = DockerBackend::connect(config).await.expect("the engine answers, late");
     let function = FunctionSpec::new("cancelled", fixture(&image, &[])).unwrap();
     // The engine is asked directly, without the delay: the container is there well before the
     // slow socket passes on the engine's answer.
     drop_once_created(slow.launch(&function, InstanceId(0)), &engine, &scope).await;
-    if let Some(path) = slow.host().strip_prefix("unix://") {
-        let _ = std::fs::remove_file(path);
-    }
+    let _ = std::fs::remove_file(path);
 }
 
 /// TCP readiness asks the container at its own address, where a function that does not listen
@@ -340,10 +343,8 @@ async fn tcp_readiness_asks_the_container_past_the_port_proxy() {
     }
     let scope = scope("past-proxy");
     let backend = connect(scope.clone()).await;
-    let mut spec = fixture(&image(&backend).await, &["--never-ready"]);
-    spec.startup_timeout = Duration::from_millis(800);
-    let port = spec.container_port;
-    let function = FunctionSpec::new("unready", spec).unwrap();
+    let function = never_ready(&backend, "unready", Duration::from_millis(800)).await;
+    let port = function.spec.container_port;
     let error = backend.launch(&function, InstanceId(0)).await.expect_err("never ready");
     assert!(matches!(error, BackendError::NotReady { .. }), "{error:?}");
     let message = error.to_string();
@@ -359,9 +360,7 @@ async fn a_cancelled_launch_leaves_no_container() {
     }
     let scope = scope("cancelled");
     let backend = connect(scope.clone()).await;
-    let mut spec = fixture(&image(&backend).await, &["--never-ready"]);
-    spec.startup_timeout = Duration::from_secs(120);
-    let function = FunctionSpec::new("cancelled", spec).unwrap();
+    let function = never_ready(&backend, "cancelled", Duration::from_secs(120)).await;
     drop_once_created(backend.launch(&function, InstanceId(0)), &backend, &scope).await;
 }
 
