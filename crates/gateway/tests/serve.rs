@@ -167,9 +167,8 @@ fn serving_instance(server: &Server) -> String {
 
 /// Where the first pool's first instance listens, as `/admin/pools` says.
 fn instance_address(server: &Server) -> SocketAddr {
-    let (_, body) = get(server, "/admin/pools");
-    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let endpoint = value["pools"][0]["instances"][0]["endpoint"].as_str().unwrap();
+    let pool = first_pool(server);
+    let endpoint = pool["instances"][0]["endpoint"].as_str().unwrap();
     endpoint.trim_start_matches("http://").parse().unwrap()
 }
 
@@ -604,10 +603,15 @@ fn a_request_that_finds_its_instance_dead_before_sending_is_retried_on_a_new_one
     assert!(metrics.contains("smgr_cold_starts_total{function=\"echo\"} 2"), "{metrics}");
 }
 
-fn instance_pids(server: &Server) -> Vec<u32> {
+/// The first pool, as `/admin/pools` (without a token) shows it; `null` when it does not answer.
+fn first_pool(server: &Server) -> serde_json::Value {
     let (_, body) = get(server, "/admin/pools");
-    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
-    value["pools"][0]["instances"]
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    value["pools"][0].clone()
+}
+
+fn instance_pids(server: &Server) -> Vec<u32> {
+    first_pool(server)["instances"]
         .as_array()
         .unwrap()
         .iter()
@@ -736,9 +740,8 @@ fn is_zombie(pid: u32) -> bool {
 #[test]
 fn environment_overrides_reach_the_pools() {
     let server = start("env", ECHO, &[("SMGR_FUNCTIONS__ECHO__MAX_INSTANCES", "3")]);
-    let (_, body) = get(&server, "/admin/pools");
-    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(value["pools"][0]["max"], 3, "{value:#}");
+    let pool = first_pool(&server);
+    assert_eq!(pool["max"], 3, "{pool:#}");
 }
 
 #[test]
@@ -950,9 +953,7 @@ fn killed_under(server: &Server, request: &'static [u8]) -> (u32, Exchanged) {
 /// Waits until an instance of the (first) function is leased to a request.
 fn wait_until_busy(server: &Server) {
     wait_until(Duration::from_secs(30), || {
-        let (_, body) = get(server, "/admin/pools");
-        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        value["pools"][0]["busy"].as_u64().is_some_and(|busy| busy > 0)
+        first_pool(server)["busy"].as_u64().is_some_and(|busy| busy > 0)
     });
 }
 
@@ -967,11 +968,7 @@ fn a_request_queued_when_the_drain_is_cut_gets_503_shutting_down() {
     let slow = get_in_background(address, "/fn/echo/sleep/20000");
     wait_until_busy(&server);
     let queued = get_in_background(address, "/fn/echo/");
-    wait_until(Duration::from_secs(30), || {
-        let (_, body) = get(&server, "/admin/pools");
-        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        value["pools"][0]["waiting"].as_u64() == Some(1)
-    });
+    wait_until(Duration::from_secs(30), || first_pool(&server)["waiting"].as_u64() == Some(1));
     signal(server.child.id(), "TERM");
     let (code, headers, body) = queued.join().unwrap();
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
