@@ -84,13 +84,6 @@ mod tests {
 
     use super::*;
 
-    /// Whether `pid` has ended: gone, or a zombie not reaped yet.
-    fn ended(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
-        })
-    }
-
     /// A launch cancelled after the spawner has sent its child, but before the launch took
     /// it, leaves no process.
     #[tokio::test]
@@ -121,7 +114,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         drop(spawning);
         let start = Instant::now();
-        while !ended(pid) {
+        while !pool_core::testkit::has_ended(pid) {
             assert!(start.elapsed() < Duration::from_secs(10), "the child {pid} still runs");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -374,9 +374,8 @@ fn children_die_with_their_host() {
     let mut alive = true;
     for _ in 0..250 {
         // Gone, or a zombie of the dead host waiting for init.
-        let stat = std::fs::read_to_string(format!("/proc/{child_pid}/stat")).unwrap_or_default();
-        let state = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next());
-        alive = pool_core::process_start(child_pid) == Some(child_start) && state != Some("Z");
+        alive = pool_core::process_start(child_pid) == Some(child_start)
+            && !pool_core::testkit::has_ended(child_pid);
         if !alive {
             break;
         }

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use pool_core::testkit::has_ended;
+
 const SMGR: &str = env!("CARGO_BIN_EXE_smgr");
 
 /// A running `smgr serve`, killed when dropped.
@@ -587,7 +589,7 @@ fn a_request_that_finds_its_instance_dead_before_sending_is_retried_on_a_new_one
         signal(pid, "KILL");
         // Dead, sockets and all: a zombie's other threads may still hold them for a moment.
         wait_until(Duration::from_secs(10), || {
-            gone(pid) && std::net::TcpStream::connect(address).is_err()
+            has_ended(pid) && std::net::TcpStream::connect(address).is_err()
         });
 
         let (code, headers, body) = exchange(server.address, request);
@@ -679,7 +681,7 @@ max_instances = 1
     let left = processes_of_pool(&pool);
 
     let mut second = start("reap", &config, &[]);
-    assert!(left.iter().all(|&pid| gone(pid)), "the next start left {left:?} running");
+    assert!(left.iter().all(|&pid| has_ended(pid)), "the next start left {left:?} running");
     wait_until(Duration::from_secs(30), || processes_of_pool(&pool).len() == 2);
     assert_eq!(get(&second, "/fn/echo/").0, 200);
 
@@ -697,7 +699,7 @@ fn processes_of_pool(pool: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| !gone(pid))
+        .filter(|&pid| !has_ended(pid))
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .is_ok_and(|environ| environ.split(|&b| b == 0).any(|var| var == entry.as_bytes()))
@@ -723,18 +725,8 @@ fn a_drain_cut_short_by_the_shutdown_timeout_exits_1_and_leaves_no_child() {
 /// Fails naming the first of `pids` still running.
 fn assert_gone(pids: &[u32]) {
     for &pid in pids {
-        assert!(gone(pid), "instance {pid} still runs");
+        assert!(has_ended(pid), "instance {pid} still runs");
     }
-}
-
-/// Whether process `pid` has ended (or is a zombie, which runs nothing).
-fn gone(pid: u32) -> bool {
-    !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid)
-}
-
-fn is_zombie(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next()) == Some("Z")
 }
 
 #[test]
@@ -993,7 +985,7 @@ max_instances = 2
     wait_until(Duration::from_secs(30), || instance_pids(&server).len() == 2);
     let pids = instance_pids(&server);
     two_signals_during_a_slow_request(&mut server, "echo");
-    wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| gone(pid)));
+    wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| has_ended(pid)));
 }
 
 /// Sends smgr two SIGTERMs while a 20 s request to `function` keeps the first one's drain

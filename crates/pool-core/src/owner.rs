@@ -224,11 +224,25 @@ impl Scope {
 /// The start time of process `pid` in clock ticks since boot (field 22 of
 /// `/proc/<pid>/stat`), or `None` when it does not run or the platform has no `/proc`.
 pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces and parentheses: the
-    // fields after it start behind the last ')'. `state` is field 3, `starttime` field 22.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    // `state` is field 3, `starttime` field 22.
+    stat_after_name(pid)?.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The state of process `pid` (field 3 of `/proc/<pid>/stat`: `R`, `S`, `Z`...), or `None`
+/// when it does not run or the platform has no `/proc`.
+#[cfg(feature = "testkit")]
+pub(crate) fn process_state(pid: u32) -> Option<char> {
+    stat_after_name(pid)?.split_whitespace().next()?.chars().next()
+}
+
+/// The fields of `/proc/<pid>/stat` from field 3 on. The command name (field 2) is in
+/// parentheses and may hold spaces and parentheses: the fields after it start behind the last
+/// ')'.
+fn stat_after_name(pid: u32) -> Option<String> {
+    let mut stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let end = stat.rfind(')')?;
+    stat.drain(..=end);
+    Some(stat)
 }
 
 fn host_name() -> String {

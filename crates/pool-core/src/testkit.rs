@@ -261,6 +261,11 @@ pub async fn wait_for_death<B: Backend>(backend: &B, instance: &Instance<B::Deta
     }
 }
 
+/// Whether process `pid` runs no more: gone, or a zombie not reaped yet (which runs nothing).
+pub fn has_ended(pid: u32) -> bool {
+    crate::owner::process_state(pid).is_none_or(|state| state == 'Z')
+}
+
 /// A function that never gets ready fails after its startup timeout and leaves nothing.
 pub async fn never_ready_fails_within_startup_timeout<T: Target>(target: &T) {
     let scope = fresh_scope("never-ready");
