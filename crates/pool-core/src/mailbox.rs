@@ -79,19 +79,21 @@ impl<T> Mailbox<T> {
 /// acquire failed or was dropped is simply freed.
 #[derive(Debug)]
 pub(crate) struct Mailboxes<T> {
+    /// The last one given back, kept next to the pool's other hot fields.
+    spare: Option<Arc<Mailbox<T>>>,
     free: Vec<Arc<Mailbox<T>>>,
 }
 
 impl<T> Default for Mailboxes<T> {
     fn default() -> Self {
-        Self { free: Vec::new() }
+        Self { spare: None, free: Vec::new() }
     }
 }
 
 impl<T> Mailboxes<T> {
     /// Lends a mailbox for a new wait, waking `waker` when its outcome arrives.
     pub(crate) fn lend(&mut self, waker: Waker) -> Arc<Mailbox<T>> {
-        match self.free.pop() {
+        match self.spare.take().or_else(|| self.free.pop()) {
             Some(mut mailbox) => {
                 // Usually nobody else holds it any more and its lock can be skipped; a delivery
                 // that has just finished may still hold a reference for a moment.
@@ -107,7 +109,9 @@ impl<T> Mailboxes<T> {
 
     /// Takes a mailbox back, keeping at most `keep` of them.
     pub(crate) fn give_back(&mut self, mailbox: Arc<Mailbox<T>>, keep: usize) {
-        if self.free.len() < keep {
+        if self.spare.is_none() && keep > 0 {
+            self.spare = Some(mailbox);
+        } else if self.free.len() + 1 < keep {
             self.free.push(mailbox);
         }
     }

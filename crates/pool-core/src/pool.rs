@@ -45,15 +45,23 @@ impl<M: Manager> Drop for Handle<M> {
     fn drop(&mut self) {
         self.maintenance.abort();
         let mut effects = Effects::default();
-        self.inner.state.lock().close(&mut effects);
+        self.inner.lock().close(&mut effects);
         self.inner.apply(effects);
     }
 }
 
 /// The shared core: leases, create and destroy tasks hold it too.
+///
+/// `repr(C)` keeps the hint, the lock and the front of the state (see [`State`]) together,
+/// right after the reference counts that every lease changes.
+#[repr(C)]
 pub(crate) struct Inner<M: Manager> {
+    /// How many acquires wait, as each unlock leaves it (see [`StateGuard`]). While some do,
+    /// acquires (which will queue) and releases (which will serve one) read the clock before
+    /// taking the lock.
+    waiting_hint: AtomicUsize,
+    state: Mutex<State<M::Instance>>,
     pub(crate) manager: M,
-    pub(crate) state: Mutex<State<M::Instance>>,
     events: broadcast::Sender<PoolEvent>,
     /// Wakes the maintenance task when a deadline may have moved closer.
     wake: Notify,
@@ -63,9 +71,6 @@ pub(crate) struct Inner<M: Manager> {
     clock_on_acquire: bool,
     /// Whether releases read the clock (for `idle_timeout` or `max_lifetime`).
     clock_on_release: bool,
-    /// How many acquires wait, as last set under the lock. While some do, acquires (which will
-    /// queue) and releases (which will serve one) read the clock before taking the lock.
-    waiting_hint: Arc<AtomicUsize>,
     /// The config's fixed timings, readable without the lock.
     timings: Timings,
     /// The id of the next instance to create; ids are handed out as creates start.
@@ -116,16 +121,15 @@ impl<M: Manager> Pool<M> {
         };
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let state = State::new(config, Instant::now());
-        let waiting_hint = state.waiting_hint();
         let inner = Arc::new(Inner {
-            manager,
             state: Mutex::new(state),
+            manager,
             events,
             wake: Notify::new(),
             changed: Notify::new(),
             clock_on_acquire,
             clock_on_release,
-            waiting_hint,
+            waiting_hint: AtomicUsize::new(0),
             timings,
             next_instance: AtomicU64::new(0),
             runtime,
@@ -162,17 +166,17 @@ impl<M: Manager> Pool<M> {
 
     /// A snapshot of sizes, counters and wait times.
     pub fn status(&self) -> PoolStatus {
-        self.inner().state.lock().status()
+        self.inner().lock().status()
     }
 
     /// Every live instance: its id, state, leases, uses and age, oldest first.
     pub fn instances(&self) -> Vec<InstanceStatus> {
-        self.inner().state.lock().instances(Instant::now())
+        self.inner().lock().instances(Instant::now())
     }
 
     /// The pool's config, with `min` and `max` as last resized.
     pub fn config(&self) -> PoolConfig {
-        self.inner().state.lock().config.clone()
+        self.inner().lock().config.clone()
     }
 
     /// Events from now on. A subscriber that falls more than 1024 events behind loses the
@@ -187,7 +191,7 @@ impl<M: Manager> Pool<M> {
         validate_size(min, max)?;
         let inner = self.inner();
         let mut effects = Effects::default();
-        inner.state.lock().resize(min, max, Instant::now(), &mut effects);
+        inner.lock().resize(min, max, Instant::now(), &mut effects);
         inner.apply(effects);
         Ok(())
     }
@@ -201,7 +205,7 @@ impl<M: Manager> Pool<M> {
         let started = Instant::now();
         let mut effects = Effects::default();
         let (closing, destroyed_before) = {
-            let mut state = inner.state.lock();
+            let mut state = inner.lock();
             let destroyed_before = state.counters.destroyed;
             (state.close(&mut effects), destroyed_before)
         };
@@ -209,10 +213,10 @@ impl<M: Manager> Pool<M> {
 
         let leases_returned_in_time =
             inner.wait_until(|state| state.leased == 0, Some(started + deadline)).await;
-        let leases_abandoned = if leases_returned_in_time { 0 } else { inner.state.lock().leased };
+        let leases_abandoned = if leases_returned_in_time { 0 } else { inner.lock().leased };
         inner.wait_until(State::drained, None).await;
 
-        let destroyed = inner.state.lock().counters.destroyed - destroyed_before;
+        let destroyed = inner.lock().counters.destroyed - destroyed_before;
         ShutdownReport {
             waiters_rejected: closing.waiters_rejected,
             leases_outstanding: closing.leases_outstanding,
@@ -277,7 +281,7 @@ impl<M: Manager> Inner<M> {
                     // only safe thing left.
                     Err(shared) => drop(shared),
                 }
-                inner.state.lock().destroying -= 1;
+                inner.lock().destroying -= 1;
                 let _ = inner.events.send(PoolEvent::Destroyed { instance: id, reason });
                 inner.changed.notify_waiters();
             });
@@ -303,7 +307,7 @@ impl<M: Manager> Inner<M> {
         let now = Instant::now();
         let mut effects = Effects::default();
         {
-            let mut state = self.state.lock();
+            let mut state = self.lock();
             match result {
                 Ok(Ok(instance)) => state.created(id, instance, now, &mut effects),
                 Ok(Err(error)) => {
@@ -326,9 +330,14 @@ impl<M: Manager> Inner<M> {
         };
         drop(instance);
         let mut effects = Effects::default();
-        self.state.lock().checked(slot, failure, Instant::now(), &mut effects);
+        self.lock().checked(slot, failure, Instant::now(), &mut effects);
         self.apply(effects);
         self.changed.notify_waiters();
+    }
+
+    /// Locks the state; unlocking publishes how many acquires wait.
+    pub(crate) fn lock(&self) -> StateGuard<'_, M::Instance> {
+        StateGuard { guard: self.state.lock(), hint: &self.waiting_hint }
     }
 
     fn someone_waits(&self) -> bool {
@@ -340,7 +349,7 @@ impl<M: Manager> Inner<M> {
         let now = (self.clock_on_release || self.someone_waits()).then(Instant::now);
         let mut effects = Effects::default();
         let closed = {
-            let mut state = self.state.lock();
+            let mut state = self.lock();
             state.release(returned, now, &mut effects);
             state.closed
         };
@@ -353,7 +362,7 @@ impl<M: Manager> Inner<M> {
     /// Takes a leased instance out of the pool; `false` when another lease shares it.
     pub(crate) fn detach(self: &Arc<Self>, slot: u32, record: Option<u32>) -> bool {
         let mut effects = Effects::default();
-        let detached = self.state.lock().detach(slot, record, Instant::now(), &mut effects);
+        let detached = self.lock().detach(slot, record, Instant::now(), &mut effects);
         self.apply(effects);
         self.changed.notify_waiters();
         detached
@@ -368,18 +377,45 @@ impl<M: Manager> Inner<M> {
         loop {
             let mut changed = pin!(self.changed.notified());
             changed.as_mut().enable();
-            if done(&self.state.lock()) {
+            if done(&self.lock()) {
                 return true;
             }
             match deadline {
                 Some(deadline) => {
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                        return done(&self.state.lock());
+                        return done(&self.lock());
                     }
                 }
                 None => changed.await,
             }
         }
+    }
+}
+
+/// The pool's state, locked; dropping it publishes the number of waiting acquires for
+/// [`Inner::someone_waits`] and unlocks.
+pub(crate) struct StateGuard<'a, T> {
+    guard: parking_lot::MutexGuard<'a, State<T>>,
+    hint: &'a AtomicUsize,
+}
+
+impl<T> std::ops::Deref for StateGuard<'_, T> {
+    type Target = State<T>;
+
+    fn deref(&self) -> &State<T> {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for StateGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut State<T> {
+        &mut self.guard
+    }
+}
+
+impl<T> Drop for StateGuard<'_, T> {
+    fn drop(&mut self) {
+        self.hint.store(self.guard.waiting(), Ordering::Relaxed);
     }
 }
 
@@ -392,7 +428,7 @@ async fn maintain<M: Manager>(inner: Arc<Inner<M>>) {
         woken.as_mut().enable();
         let mut effects = Effects::default();
         let (next, closed) = {
-            let mut state = inner.state.lock();
+            let mut state = inner.lock();
             (state.maintain(Instant::now(), &mut effects), state.closed)
         };
         inner.apply(effects);
@@ -436,7 +472,7 @@ impl<M: Manager> Future for Acquire<'_, M> {
                 (this.inner.clock_on_acquire || this.inner.someone_waits()).then(Instant::now);
             let mut effects = Effects::default();
             let taken = {
-                let mut state = this.inner.state.lock();
+                let mut state = this.inner.lock();
                 if state.closed {
                     Err(Error::ShuttingDown)
                 } else if let Some(grant) =
@@ -502,7 +538,7 @@ impl<M: Manager> fmt::Debug for Acquire<'_, M> {
 impl<M: Manager> Drop for Acquire<'_, M> {
     fn drop(&mut self) {
         let Stage::Queued { id, mailbox } = &self.stage else { return };
-        if self.inner.state.lock().abandon_wait(*id) {
+        if self.inner.lock().abandon_wait(*id) {
             return;
         }
         // Served already: the outcome is in the mailbox, or the pool is about to deliver it.

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::task::Waker;
 
@@ -31,16 +30,6 @@ pub enum Priority {
     Low,
 }
 
-impl Priority {
-    fn index(self) -> usize {
-        match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-            Priority::Low => 2,
-        }
-    }
-}
-
 /// A lease in the making: everything a [`Lease`](crate::Lease) needs, without its `Drop`.
 #[derive(Debug)]
 pub(crate) struct Grant<T> {
@@ -56,16 +45,20 @@ pub(crate) struct Grant<T> {
 /// The waiter queue: FIFO within each priority. A waiter's cell holds its deadline and the
 /// mailbox of its outcome; the outcome is delivered once the lock is released (see
 /// [`Effects`]), so a woken acquire collects it without taking the pool's lock again.
+///
+/// Laid out for the waited checkout, which takes the pool's lock on one worker and then on
+/// another: the counts and the normal-priority queue sit together at the front, and the queues
+/// of the other priorities, which it does not touch, are elsewhere.
 #[derive(Debug)]
+#[repr(C)]
 struct Waiters<T> {
-    queues: [VecDeque<WaiterCell<T>>; 3],
     /// Waiters in all queues, kept with every change.
     len: usize,
-    /// A copy of `len` readable without the lock, so that an acquire or release that will need
-    /// the clock reads it before locking rather than inside.
-    hint: Arc<AtomicUsize>,
-    mailboxes: Mailboxes<T>,
     next_token: u64,
+    normal: VecDeque<WaiterCell<T>>,
+    mailboxes: Mailboxes<T>,
+    /// The `High` and `Low` queues.
+    others: Box<[VecDeque<WaiterCell<T>>; 2]>,
 }
 
 /// One waiting acquire.
@@ -103,12 +96,26 @@ pub(crate) type Delivery<T> = (Arc<Mailbox<T>>, Result<Grant<T>>);
 impl<T> Waiters<T> {
     fn new() -> Self {
         Self {
-            queues: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
             len: 0,
-            hint: Arc::default(),
-            mailboxes: Mailboxes::default(),
             next_token: 0,
+            normal: VecDeque::new(),
+            mailboxes: Mailboxes::default(),
+            others: Box::default(),
         }
+    }
+
+    fn queue_mut(&mut self, priority: Priority) -> &mut VecDeque<WaiterCell<T>> {
+        match priority {
+            Priority::High => &mut self.others[0],
+            Priority::Normal => &mut self.normal,
+            Priority::Low => &mut self.others[1],
+        }
+    }
+
+    /// Every queue, the first served first.
+    fn queues_mut(&mut self) -> [&mut VecDeque<WaiterCell<T>>; 3] {
+        let [high, low] = &mut *self.others;
+        [high, &mut self.normal, low]
     }
 
     fn push(
@@ -122,26 +129,30 @@ impl<T> Waiters<T> {
         let token = self.next_token;
         self.next_token += 1;
         let waiter = WaiterCell { token, enqueued, deadline, mailbox: mailbox.clone() };
-        self.queues[priority.index()].push_back(waiter);
+        self.queue_mut(priority).push_back(waiter);
         self.set_len(self.len + 1);
         (WaiterId { priority, token }, mailbox)
     }
 
     fn set_len(&mut self, len: usize) {
         self.len = len;
-        self.hint.store(len, Ordering::Relaxed);
     }
 
     /// The next waiter to serve, out of the queue.
     fn pop(&mut self) -> Option<WaiterCell<T>> {
-        let waiter = self.queues.iter_mut().find_map(VecDeque::pop_front)?;
+        // Only the normal queue is looked at while no other priority waits.
+        let waiter = if self.normal.len() == self.len {
+            self.normal.pop_front()
+        } else {
+            self.queues_mut().into_iter().find_map(VecDeque::pop_front)
+        }?;
         self.set_len(self.len - 1);
         Some(waiter)
     }
 
     /// Takes a waiter out of the queue; `None` when it was already served.
     fn remove(&mut self, id: WaiterId) -> Option<WaiterCell<T>> {
-        let queue = &mut self.queues[id.priority.index()];
+        let queue = self.queue_mut(id.priority);
         let position = queue.binary_search_by_key(&id.token, |waiter| waiter.token).ok()?;
         let waiter = queue.remove(position)?;
         self.set_len(self.len - 1);
@@ -151,7 +162,7 @@ impl<T> Waiters<T> {
     /// Takes out every waiter whose deadline has passed; returns the earliest deadline left.
     fn expire(&mut self, now: Instant, expired: &mut Vec<WaiterCell<T>>) -> Option<Instant> {
         let mut next: Option<Instant> = None;
-        for queue in &mut self.queues {
+        for queue in self.queues_mut() {
             let mut position = 0;
             while position < queue.len() {
                 if queue[position].deadline <= now {
@@ -163,7 +174,8 @@ impl<T> Waiters<T> {
                 }
             }
         }
-        self.set_len(self.queues.iter().map(VecDeque::len).sum());
+        let len = self.queues_mut().iter().map(|queue| queue.len()).sum();
+        self.set_len(len);
         next
     }
 }
@@ -268,31 +280,37 @@ pub(crate) struct Closing {
 }
 
 /// Everything the pool's lock guards.
+///
+/// A waited checkout takes the lock on one worker and then on the other, and each line of
+/// memory it touches moves between their caches. The fields it reads and writes come first, in
+/// as few lines as they fit (the layout is kept by `repr(C)`); the rest follows.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct State<T> {
-    pub(crate) config: PoolConfig,
-    slots: Slab<Slot<T>>,
-    /// Slots that can take a lease, in selection order (the back is the most recent).
-    available: VecDeque<u32>,
-    waiters: Waiters<T>,
+    pub(crate) leased: usize,
     /// Live slots, counting busy, checking and retiring ones.
     size: usize,
     /// Live slots marked to retire.
     retiring: usize,
     pub(crate) creating: usize,
-    pub(crate) destroying: usize,
-    pub(crate) leased: usize,
-    consecutive_failures: u32,
+    /// When the maintenance task will next run on its own; an earlier waiter deadline wakes it.
+    maintenance_due: Option<Instant>,
+    pub(crate) closed: bool,
+    waiters: Waiters<T>,
+    waits: WaitHistogram,
+    // Touched by a waited checkout only in their own allocations, or not at all.
+    slots: Slab<Slot<T>>,
+    /// Slots that can take a lease, in selection order (the back is the most recent).
+    available: VecDeque<u32>,
+    pub(crate) config: PoolConfig,
     /// While creates fail (cleared by a success): when the next may start, and the last one's
     /// error.
     backoff: Option<(Instant, Error)>,
-    pub(crate) closed: bool,
     pub(crate) counters: PoolCounters,
-    waits: WaitHistogram,
+    pub(crate) destroying: usize,
+    consecutive_failures: u32,
     lease_records: Slab<LeaseRecord>,
     next_health_check: Option<Instant>,
-    /// When the maintenance task will next run on its own; an earlier waiter deadline wakes it.
-    maintenance_due: Option<Instant>,
 }
 
 impl<T> State<T> {
@@ -327,11 +345,6 @@ impl<T> State<T> {
     /// Acquires in the queue.
     pub(crate) fn waiting(&self) -> usize {
         self.waiters.len
-    }
-
-    /// The lock-free copy of the number of waiting acquires.
-    pub(crate) fn waiting_hint(&self) -> Arc<AtomicUsize> {
-        self.waiters.hint.clone()
     }
 
     fn slot(&self, index: u32) -> &Slot<T> {
@@ -507,7 +520,6 @@ impl<T> State<T> {
         while self.waiters.len > 0 && self.can_lease(self.slot(index)) {
             let waiter = self.waiters.pop().expect("the queue is not empty");
             let grant = self.lease_slot(index, Some(now));
-            self.counters.waited += 1;
             self.waits.record(now.saturating_duration_since(waiter.enqueued));
             effects.deliver(waiter, Ok(grant));
         }
@@ -933,7 +945,11 @@ impl<T> State<T> {
             waiting: self.waiters.len,
             closed: self.closed,
             // Every lease handed out is one recorded wait (zero for an immediate one).
-            counters: PoolCounters { acquired: self.waits.count(), ..self.counters.clone() },
+            counters: PoolCounters {
+                acquired: self.waits.count(),
+                waited: self.waits.waited(),
+                ..self.counters.clone()
+            },
             wait: self.waits.summary(),
         }
     }

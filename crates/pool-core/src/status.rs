@@ -185,29 +185,39 @@ pub struct WaitTimes {
 const BUCKETS: usize = 40;
 
 /// A fixed-size log2 histogram of wait times, updated under the pool's lock.
+///
+/// The counts and the first buckets, which a short wait updates, come first (`repr(C)`), next
+/// to the pool's other hot fields.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub(crate) struct WaitHistogram {
-    buckets: [u64; BUCKETS],
-    count: u64,
+    waited: u64,
+    immediate: u64,
     max: Duration,
+    buckets: [u64; BUCKETS],
 }
 
 impl Default for WaitHistogram {
     fn default() -> Self {
-        Self { buckets: [0; BUCKETS], count: 0, max: Duration::ZERO }
+        Self { waited: 0, immediate: 0, max: Duration::ZERO, buckets: [0; BUCKETS] }
     }
 }
 
 impl WaitHistogram {
     /// Acquires recorded.
     pub(crate) fn count(&self) -> u64 {
-        self.count
+        self.waited + self.immediate
+    }
+
+    /// Of those, the acquires that waited in the queue.
+    pub(crate) fn waited(&self) -> u64 {
+        self.waited
     }
 
     /// Records an acquire that did not wait.
     pub(crate) fn record_immediate(&mut self) {
         self.buckets[0] += 1;
-        self.count += 1;
+        self.immediate += 1;
     }
 
     pub(crate) fn record(&mut self, wait: Duration) {
@@ -218,13 +228,13 @@ impl WaitHistogram {
             .saturating_add(u64::from(wait.subsec_micros()));
         let bucket = (u64::BITS - micros.leading_zeros()) as usize;
         self.buckets[bucket.min(BUCKETS - 1)] += 1;
-        self.count += 1;
+        self.waited += 1;
         self.max = self.max.max(wait);
     }
 
     pub(crate) fn summary(&self) -> WaitTimes {
         WaitTimes {
-            count: self.count,
+            count: self.count(),
             p50: self.quantile(0.50),
             p99: self.quantile(0.99),
             max: self.max,
@@ -232,11 +242,12 @@ impl WaitHistogram {
     }
 
     fn quantile(&self, q: f64) -> Duration {
-        if self.count == 0 {
+        let count = self.count();
+        if count == 0 {
             return Duration::ZERO;
         }
         // The rank of the quantile, 1-based, rounded up.
-        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let rank = ((count as f64) * q).ceil().max(1.0) as u64;
         let mut seen = 0;
         for (bucket, &count) in self.buckets.iter().enumerate() {
             seen += count;
