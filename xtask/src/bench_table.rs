@@ -3,6 +3,9 @@
 //! Reads `target/criterion/**/new/{benchmark,estimates}.json`, groups the benchmarks by cell
 //! (criterion group and parameter) with one column per implementation, and adds the ratio of
 //! `ours` to the chosen peer: below 1 means ours is faster. docs/performance.md is made from it.
+//!
+//! Cells that share no peer (those of different benchmark binaries, say the pool's and the
+//! monitor's) go in separate tables, so that each table has only its own columns.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -85,29 +88,78 @@ fn measurement(new: &Path) -> Result<Option<Measurement>, String> {
     Ok(Some(Measurement { cell, implementation: text("function_id").to_owned(), median_ns }))
 }
 
+/// One table per family of cells: two cells are in the same family when they share a peer.
 fn table(found: &[Measurement], peer: &str) -> String {
-    let mut implementations: Vec<&str> = Vec::new();
     let mut cells: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
     for m in found {
-        if !implementations.contains(&m.implementation.as_str()) {
-            implementations.push(&m.implementation);
-        }
         cells.entry(&m.cell).or_default().insert(&m.implementation, m.median_ns);
+    }
+    let families = families(&cells);
+    let tables: Vec<String> =
+        families.iter().map(|family| family_table(family, &cells, peer)).collect();
+    tables.join("\n")
+}
+
+/// The cells grouped into families, each in cell order, the families in the order of their
+/// first cell.
+fn families<'a>(cells: &BTreeMap<&'a str, BTreeMap<&'a str, f64>>) -> Vec<Vec<&'a str>> {
+    let mut families: Vec<(Vec<&str>, Vec<&str>)> = Vec::new();
+    for (cell, times) in cells {
+        let peers: Vec<&str> = times.keys().copied().filter(|name| *name != "ours").collect();
+        let (mut joined, rest): (Vec<_>, Vec<_>) = families
+            .into_iter()
+            .partition(|(_, known)| peers.iter().any(|name| known.contains(name)));
+        families = rest;
+        let mut family = (vec![*cell], peers);
+        for (members, known) in joined.drain(..) {
+            family.0.extend(members);
+            family.1.extend(known);
+        }
+        families.push(family);
+    }
+    let mut families: Vec<Vec<&str>> = families
+        .into_iter()
+        .map(|(mut members, _)| {
+            members.sort_unstable();
+            members
+        })
+        .collect();
+    families.sort();
+    families
+}
+
+fn family_table(
+    family: &[&str],
+    cells: &BTreeMap<&str, BTreeMap<&str, f64>>,
+    peer: &str,
+) -> String {
+    let mut implementations: Vec<&str> = Vec::new();
+    for cell in family {
+        for name in cells[cell].keys() {
+            if !implementations.contains(name) {
+                implementations.push(name);
+            }
+        }
     }
     // `ours` first, then the peers in name order.
     implementations.sort_by_key(|name| (*name != "ours", *name));
-    let mut out = format!("| cell | {} | ours/{peer} |\n", implementations.join(" | "));
-    out.push_str(&format!("|---|{}---|\n", "---:|".repeat(implementations.len())));
-    for (cell, times) in cells {
+    let with_ratio = implementations.contains(&peer);
+    let ratio_header = if with_ratio { format!(" ours/{peer} |") } else { String::new() };
+    let mut out = format!("| cell | {} |{ratio_header}\n", implementations.join(" | "));
+    let ratio_rule = if with_ratio { "---|" } else { "" };
+    out.push_str(&format!("|---|{}{ratio_rule}\n", "---:|".repeat(implementations.len())));
+    for cell in family {
+        let times = &cells[cell];
         let columns: Vec<String> = implementations
             .iter()
             .map(|name| times.get(name).map_or("–".into(), |ns| duration(*ns)))
             .collect();
-        let ratio = match (times.get("ours"), times.get(peer)) {
-            (Some(ours), Some(theirs)) => format!("{:.2}", ours / theirs),
-            _ => "–".into(),
+        let ratio = match (with_ratio, times.get("ours"), times.get(peer)) {
+            (false, ..) => String::new(),
+            (true, Some(ours), Some(theirs)) => format!(" {:.2} |", ours / theirs),
+            (true, ..) => " – |".into(),
         };
-        out.push_str(&format!("| {cell} | {} | {ratio} |\n", columns.join(" | ")));
+        out.push_str(&format!("| {cell} | {} |{ratio}\n", columns.join(" | ")));
     }
     out
 }
@@ -145,5 +197,38 @@ mod tests {
         assert_eq!(lines[0], "| cell | ours | bb8 | deadpool | ours/deadpool |");
         assert_eq!(lines[2], "| cold | 3.00 ms | 1.50 µs | 2.50 ms | 1.20 |");
         assert_eq!(lines[3], "| uncontended | 100 ns | – | 200 ns | 0.50 |");
+        assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn cells_that_share_no_peer_go_in_separate_tables() {
+        let m = |cell: &str, implementation: &str, median_ns| Measurement {
+            cell: cell.into(),
+            implementation: implementation.into(),
+            median_ns,
+        };
+        let found = [
+            m("contended", "ours", 100.0),
+            m("contended", "deadpool", 200.0),
+            m("contended", "semaphore", 50.0),
+            m("record", "ours", 6.0),
+            m("record", "metrics", 40.0),
+            m("uncontended", "ours", 90.0),
+            m("uncontended", "deadpool", 180.0),
+            m("warm_acquire", "ours", 189.0),
+        ];
+        let table = table(&found, "deadpool");
+        let tables: Vec<&str> = table.split("\n\n").collect();
+        assert_eq!(
+            tables,
+            [
+                "| cell | ours | deadpool | semaphore | ours/deadpool |\n\
+                 |---|---:|---:|---:|---|\n\
+                 | contended | 100 ns | 200 ns | 50 ns | 0.50 |\n\
+                 | uncontended | 90 ns | 180 ns | – | 0.50 |",
+                "| cell | ours | metrics |\n|---|---:|---:|\n| record | 6 ns | 40 ns |",
+                "| cell | ours |\n|---|---:|\n| warm_acquire | 189 ns |\n",
+            ]
+        );
     }
 }
