@@ -178,13 +178,12 @@ fn duration(ns: f64) -> String {
 mod tests {
     use super::*;
 
+    fn m(cell: &str, implementation: &str, median_ns: f64) -> Measurement {
+        Measurement { cell: cell.into(), implementation: implementation.into(), median_ns }
+    }
+
     #[test]
     fn the_table_puts_ours_first_and_gives_the_ratio_to_the_peer() {
-        let m = |cell: &str, implementation: &str, median_ns| Measurement {
-            cell: cell.into(),
-            implementation: implementation.into(),
-            median_ns,
-        };
         let found = [
             m("uncontended", "deadpool", 200.0),
             m("uncontended", "ours", 100.0),
@@ -202,11 +201,6 @@ mod tests {
 
     #[test]
     fn cells_that_share_no_peer_go_in_separate_tables() {
-        let m = |cell: &str, implementation: &str, median_ns| Measurement {
-            cell: cell.into(),
-            implementation: implementation.into(),
-            median_ns,
-        };
         let found = [
             m("contended", "ours", 100.0),
             m("contended", "deadpool", 200.0),
