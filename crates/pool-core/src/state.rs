@@ -130,12 +130,8 @@ impl<T> Waiters<T> {
         self.next_token += 1;
         let waiter = WaiterCell { token, enqueued, deadline, mailbox: mailbox.clone() };
         self.queue_mut(priority).push_back(waiter);
-        self.set_len(self.len + 1);
+        self.len += 1;
         (WaiterId { priority, token }, mailbox)
-    }
-
-    fn set_len(&mut self, len: usize) {
-        self.len = len;
     }
 
     /// The next waiter to serve, out of the queue.
@@ -146,7 +142,7 @@ impl<T> Waiters<T> {
         } else {
             self.queues_mut().into_iter().find_map(VecDeque::pop_front)
         }?;
-        self.set_len(self.len - 1);
+        self.len -= 1;
         Some(waiter)
     }
 
@@ -155,13 +151,14 @@ impl<T> Waiters<T> {
         let queue = self.queue_mut(id.priority);
         let position = queue.binary_search_by_key(&id.token, |waiter| waiter.token).ok()?;
         let waiter = queue.remove(position)?;
-        self.set_len(self.len - 1);
+        self.len -= 1;
         Some(waiter)
     }
 
     /// Takes out every waiter whose deadline has passed; returns the earliest deadline left.
     fn expire(&mut self, now: Instant, expired: &mut Vec<WaiterCell<T>>) -> Option<Instant> {
         let mut next: Option<Instant> = None;
+        let before = expired.len();
         for queue in self.queues_mut() {
             let mut position = 0;
             while position < queue.len() {
@@ -174,8 +171,7 @@ impl<T> Waiters<T> {
                 }
             }
         }
-        let len = self.queues_mut().iter().map(|queue| queue.len()).sum();
-        self.set_len(len);
+        self.len -= expired.len() - before;
         next
     }
 }
