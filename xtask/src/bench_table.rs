@@ -7,7 +7,7 @@
 //! Cells that share no peer (those of different benchmark binaries, say the pool's and the
 //! monitor's) go in separate tables, so that each table has only its own columns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -106,12 +106,12 @@ fn families<'a>(cells: &BTreeMap<&'a str, BTreeMap<&'a str, f64>>) -> Vec<Vec<&'
     let mut families: Vec<(Vec<&str>, Vec<&str>)> = Vec::new();
     for (cell, times) in cells {
         let peers: Vec<&str> = times.keys().copied().filter(|name| *name != "ours").collect();
-        let (mut joined, rest): (Vec<_>, Vec<_>) = families
+        let (joined, rest): (Vec<_>, Vec<_>) = families
             .into_iter()
             .partition(|(_, known)| peers.iter().any(|name| known.contains(name)));
         families = rest;
         let mut family = (vec![*cell], peers);
-        for (members, known) in joined.drain(..) {
+        for (members, known) in joined {
             family.0.extend(members);
             family.1.extend(known);
         }
@@ -133,16 +133,11 @@ fn family_table(
     cells: &BTreeMap<&str, BTreeMap<&str, f64>>,
     peer: &str,
 ) -> String {
-    let mut implementations: Vec<&str> = Vec::new();
-    for cell in family {
-        for name in cells[cell].keys() {
-            if !implementations.contains(name) {
-                implementations.push(name);
-            }
-        }
-    }
+    let names: BTreeSet<&str> =
+        family.iter().flat_map(|cell| cells[cell].keys().copied()).collect();
     // `ours` first, then the peers in name order.
-    implementations.sort_by_key(|name| (*name != "ours", *name));
+    let mut implementations: Vec<&str> = names.into_iter().collect();
+    implementations.sort_by_key(|name| *name != "ours");
     let with_ratio = implementations.contains(&peer);
     let ratio_header = if with_ratio { format!(" ours/{peer} |") } else { String::new() };
     let mut out = format!("| cell | {} |{ratio_header}\n", implementations.join(" | "));
