@@ -1407,7 +1407,7 @@ fn pool_config(settings: &FunctionDefaults) -> PoolConfig {
         max: settings.max_instances,
         concurrency: settings.concurrency,
         queue_limit: settings.queue_limit,
-        acquire_timeout: settings.acquire_timeout,
+        acquire_timeout: Some(settings.acquire_timeout),
         create_timeout: settings.startup_timeout.saturating_add(CREATE_TIMEOUT_MARGIN),
         idle_timeout: settings.idle_timeout,
         health_check_interval: settings.health_check_interval,
@@ -3474,7 +3474,7 @@ command = ["python3", "world.py"]
         assert_eq!(world.spec.as_process().unwrap().pass_env, ["PATH", "LANG"]);
         assert_eq!(world.pool.concurrency, 1);
         assert_eq!(world.pool.queue_limit, 64);
-        assert_eq!(world.pool.acquire_timeout, Duration::from_secs(10));
+        assert_eq!(world.pool.acquire_timeout, Some(Duration::from_secs(10)));
         assert_eq!(world.pool.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(world.pool.health_check_interval, Some(Duration::from_secs(30)));
 

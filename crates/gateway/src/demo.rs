@@ -36,7 +36,7 @@ pub fn demo_functions(program: &Path) -> Vec<FunctionSetup> {
                     min: 1,
                     max: 4,
                     idle_timeout: Some(Duration::from_secs(300)),
-                    acquire_timeout: Duration::from_secs(10),
+                    acquire_timeout: Some(Duration::from_secs(10)),
                     ..PoolConfig::default()
                 },
                 spec: crate::config::BackendSpec::Process(spec),

@@ -56,7 +56,7 @@ fn the_issues_example_config_loads_and_resolves_against_its_directory() {
     );
     assert_eq!((hello.pool.min, hello.pool.max), (1, 4));
     assert_eq!(hello.pool.queue_limit, 64);
-    assert_eq!(hello.pool.acquire_timeout, Duration::from_secs(10));
+    assert_eq!(hello.pool.acquire_timeout, Some(Duration::from_secs(10)));
     assert_eq!(hello.pool.idle_timeout, Some(Duration::from_secs(300)));
     hello.pool.validate().unwrap();
 }

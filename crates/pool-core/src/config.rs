@@ -9,15 +9,19 @@ use crate::error::{Error, Result};
 /// The limits and timings of a [`Pool`](crate::Pool).
 ///
 /// Plain data with serde: durations are written as human-readable strings (`"250ms"`, `"30s"`,
-/// `"5m"`), optional ones as `null` or absent to turn the behaviour off, and unknown keys are
-/// errors. Every field has a default (see [`PoolConfig::default`]), so a config file only names
-/// what it changes.
+/// `"5m"`), optional ones as `null` to turn the behaviour off, and unknown keys are errors.
+/// Every field has a default (see [`PoolConfig::default`]), so a config file only names what
+/// it changes: an absent field keeps its default, even an optional one.
+///
+/// A duration too long to add to the present moment, such as [`Duration::MAX`], means never:
+/// an acquire with such a timeout waits as if it had none, an idle timeout that long never
+/// evicts.
 ///
 /// ```
 /// let config: pool_core::PoolConfig =
 ///     serde_json::from_str(r#"{ "min": 2, "max": 8, "acquire_timeout": "5s" }"#).unwrap();
 /// assert_eq!(config.max, 8);
-/// assert_eq!(config.acquire_timeout, std::time::Duration::from_secs(5));
+/// assert_eq!(config.acquire_timeout, Some(std::time::Duration::from_secs(5)));
 /// assert_eq!(config.concurrency, 1);
 /// config.validate().unwrap();
 /// ```
@@ -42,9 +46,10 @@ pub struct PoolConfig {
     /// once. Default 64.
     pub queue_limit: usize,
     /// How long [`Pool::acquire`](crate::Pool::acquire) waits before failing with
-    /// [`Error::Timeout`]. Default 30 s.
+    /// [`Error::Timeout`]. `None` waits until an instance is free or the pool shuts down, and
+    /// keeps the waiting acquires off the timer. Default 30 s.
     #[serde(with = "humantime_serde")]
-    pub acquire_timeout: Duration,
+    pub acquire_timeout: Option<Duration>,
     /// How long one [`Manager::create`](crate::Manager::create) may take before it counts as
     /// failed. Default 30 s.
     #[serde(with = "humantime_serde")]
@@ -98,7 +103,7 @@ impl Default for PoolConfig {
             max: 8,
             concurrency: 1,
             queue_limit: 64,
-            acquire_timeout: Duration::from_secs(30),
+            acquire_timeout: Some(Duration::from_secs(30)),
             create_timeout: Duration::from_secs(30),
             max_concurrent_creates: 4,
             create_backoff: Duration::from_millis(100),
@@ -132,7 +137,7 @@ impl PoolConfig {
             return Err(invalid("max_uses", "must be at least 1 when set, got 0"));
         }
         let nonzero = [
-            ("acquire_timeout", Some(self.acquire_timeout)),
+            ("acquire_timeout", self.acquire_timeout),
             ("create_timeout", Some(self.create_timeout)),
             ("health_check_timeout", Some(self.health_check_timeout)),
             ("idle_timeout", self.idle_timeout),
@@ -238,7 +243,13 @@ mod tests {
         .unwrap();
         assert_eq!(config.idle_timeout, None);
         assert_eq!(config.max_lifetime, Some(Duration::from_secs(3600)));
+        // Absent: the default, not off.
+        assert_eq!(config.health_check_interval, Some(Duration::from_secs(30)));
+        assert_eq!(config.acquire_timeout, Some(Duration::from_secs(30)));
         assert_eq!(config.selection, Selection::LeastLoaded);
+        let config: PoolConfig = serde_json::from_str(r#"{"acquire_timeout": null}"#).unwrap();
+        assert_eq!(config.acquire_timeout, None);
+        config.validate().unwrap();
 
         let error = serde_json::from_str::<PoolConfig>(r#"{"maxx": 3}"#).unwrap_err();
         assert!(error.to_string().contains("unknown field `maxx`"), "{error}");

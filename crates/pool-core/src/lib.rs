@@ -11,7 +11,8 @@
 //!   evicts them for being idle; it never holds more than `max`;
 //! - an instance carries one lease at a time, or `concurrency` shared leases;
 //! - acquires wait in a bounded queue, first come first served within three [`Priority`]
-//!   levels, for at most `acquire_timeout`; a full queue fails at once;
+//!   levels, for at most `acquire_timeout` (30 s unless configured, or unbounded); a full queue
+//!   fails at once;
 //! - a failed create reaches the acquires that were counting on it at once, with the
 //!   manager's error as the source, and further creates back off;
 //! - an acquire whose create is still running takes an instance returned meanwhile;

@@ -81,7 +81,7 @@ pub(crate) struct Inner<M: Manager> {
 /// The parts of the config that never change, copied out of the lock.
 #[derive(Debug, Clone, Copy)]
 struct Timings {
-    acquire_timeout: Duration,
+    acquire_timeout: Option<Duration>,
     create_timeout: Duration,
     health_check_timeout: Duration,
     destroy_grace: Duration,
@@ -147,9 +147,11 @@ impl<M: Manager> Pool<M> {
         &self.inner().manager
     }
 
-    /// Leases an instance at [`Priority::Normal`], waiting at most `acquire_timeout`.
+    /// Leases an instance at [`Priority::Normal`], waiting at most `acquire_timeout`, or for as
+    /// long as it takes when that is `None`.
     pub fn acquire(&self) -> Acquire<'_, M> {
-        self.acquire_with(Priority::Normal, self.inner().timings.acquire_timeout)
+        let timeout = self.inner().timings.acquire_timeout;
+        Acquire { inner: self.inner(), stage: Stage::Start { priority: Priority::Normal, timeout } }
     }
 
     /// Leases an instance, waiting at most `timeout` behind the waiters of equal or higher
@@ -159,9 +161,10 @@ impl<M: Manager> Pool<M> {
     /// [`Error::ShuttingDown`] once the pool is closing; with [`Error::Create`] when the create
     /// it was counting on fails, and at once with the last create's error while creates fail
     /// and the pool backs off with no instance to offer; with [`Error::Timeout`] when `timeout`
-    /// passes.
+    /// passes. A `timeout` too long to add to the present moment, such as [`Duration::MAX`],
+    /// waits for as long as it takes.
     pub fn acquire_with(&self, priority: Priority, timeout: Duration) -> Acquire<'_, M> {
-        Acquire { inner: self.inner(), stage: Stage::Start { priority, timeout } }
+        Acquire { inner: self.inner(), stage: Stage::Start { priority, timeout: Some(timeout) } }
     }
 
     /// A snapshot of sizes, counters and wait times.
@@ -199,7 +202,8 @@ impl<M: Manager> Pool<M> {
     /// Shuts the pool down: refuses new acquires and fails waiting ones, waits up to `deadline`
     /// for outstanding leases, and destroys every instance concurrently, each with the
     /// configured grace period. Leases still held at the deadline are counted as abandoned and
-    /// their instances destroyed when they return. Calling it again waits again.
+    /// their instances destroyed when they return. A `deadline` too long to add to the present
+    /// moment waits for every lease. Calling it again waits again.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let inner = self.inner();
         let started = Instant::now();
@@ -212,7 +216,7 @@ impl<M: Manager> Pool<M> {
         inner.apply(effects);
 
         let leases_returned_in_time =
-            inner.wait_until(|state| state.leased == 0, Some(started + deadline)).await;
+            inner.wait_until(|state| state.leased == 0, started.checked_add(deadline)).await;
         let leases_abandoned = if leases_returned_in_time { 0 } else { inner.lock().leased };
         inner.wait_until(State::drained, None).await;
 
@@ -457,8 +461,15 @@ pub struct Acquire<'a, M: Manager> {
 }
 
 enum Stage<T> {
-    Start { priority: Priority, timeout: Duration },
-    Queued { id: WaiterId, mailbox: Arc<Mailbox<T>> },
+    /// Not polled yet; `timeout` is `None` for an acquire that waits as long as it takes.
+    Start {
+        priority: Priority,
+        timeout: Option<Duration>,
+    },
+    Queued {
+        id: WaiterId,
+        mailbox: Arc<Mailbox<T>>,
+    },
     Done,
 }
 
@@ -485,7 +496,8 @@ impl<M: Manager> Future for Acquire<'_, M> {
                 } else {
                     let now = now.unwrap_or_else(Instant::now);
                     let waker = cx.waker().clone();
-                    state.enqueue(priority, now, now + timeout, waker, &mut effects).map(
+                    let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
+                    state.enqueue(priority, now, deadline, waker, &mut effects).map(
                         |(id, mailbox)| {
                             this.stage = Stage::Queued { id, mailbox };
                             None

@@ -42,7 +42,7 @@ pub(crate) struct Grant<T> {
     pub(crate) record: Option<u32>,
 }
 
-/// The waiter queue: FIFO within each priority. A waiter's cell holds its deadline and the
+/// The waiter queue: FIFO within each priority. A waiter's cell holds its deadline, if any, and the
 /// mailbox of its outcome; the outcome is delivered once the lock is released (see
 /// [`Effects`]), so a woken acquire collects it without taking the pool's lock again.
 ///
@@ -67,7 +67,8 @@ struct WaiterCell<T> {
     /// Tells this waiter from every other; grows along each queue.
     token: u64,
     enqueued: Instant,
-    deadline: Instant,
+    /// `None` waits until served.
+    deadline: Option<Instant>,
     mailbox: Arc<Mailbox<T>>,
 }
 
@@ -122,7 +123,7 @@ impl<T> Waiters<T> {
         &mut self,
         priority: Priority,
         enqueued: Instant,
-        deadline: Instant,
+        deadline: Option<Instant>,
         waker: Waker,
     ) -> (WaiterId, Arc<Mailbox<T>>) {
         let mailbox = self.mailboxes.lend(waker);
@@ -162,12 +163,13 @@ impl<T> Waiters<T> {
         for queue in self.queues_mut() {
             let mut position = 0;
             while position < queue.len() {
-                if queue[position].deadline <= now {
-                    expired.extend(queue.remove(position));
-                } else {
-                    let deadline = queue[position].deadline;
-                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
-                    position += 1;
+                match queue[position].deadline {
+                    Some(deadline) if deadline <= now => expired.extend(queue.remove(position)),
+                    Some(deadline) => {
+                        next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                        position += 1;
+                    }
+                    None => position += 1,
                 }
             }
         }
@@ -301,7 +303,8 @@ pub(crate) struct State<T> {
     pub(crate) config: PoolConfig,
     /// While creates fail (cleared by a success): when the next may start, and the last one's
     /// error.
-    backoff: Option<(Instant, Error)>,
+    /// A pause too long to add to the present moment (`None`) lasts as long as the pool.
+    backoff: Option<(Option<Instant>, Error)>,
     pub(crate) counters: PoolCounters,
     pub(crate) destroying: usize,
     consecutive_failures: u32,
@@ -311,7 +314,8 @@ pub(crate) struct State<T> {
 
 impl<T> State<T> {
     pub(crate) fn new(config: PoolConfig, now: Instant) -> Self {
-        let next_health_check = config.health_check_interval.map(|interval| now + interval);
+        let next_health_check =
+            config.health_check_interval.and_then(|interval| now.checked_add(interval));
         Self {
             config,
             slots: Slab::default(),
@@ -334,8 +338,8 @@ impl<T> State<T> {
     }
 
     /// The creates' backoff (when it ends, and the error that started it), while it runs.
-    fn backing_off(&self, now: Instant) -> Option<&(Instant, Error)> {
-        self.backoff.as_ref().filter(|(until, _)| now < *until)
+    fn backing_off(&self, now: Instant) -> Option<&(Option<Instant>, Error)> {
+        self.backoff.as_ref().filter(|(until, _)| until.is_none_or(|until| now < until))
     }
 
     /// Acquires in the queue.
@@ -448,13 +452,13 @@ impl<T> State<T> {
         }
     }
 
-    /// Queues an acquire that waits until `deadline`; fails with `QueueFull` when the queue is
-    /// at its limit.
+    /// Queues an acquire that waits until `deadline`, or until served when there is none;
+    /// fails with `QueueFull` when the queue is at its limit.
     pub(crate) fn enqueue(
         &mut self,
         priority: Priority,
         now: Instant,
-        deadline: Instant,
+        deadline: Option<Instant>,
         waker: Waker,
         effects: &mut Effects<T>,
     ) -> Result<(WaiterId, Arc<Mailbox<T>>)> {
@@ -472,7 +476,9 @@ impl<T> State<T> {
         }
         let queued = self.waiters.push(priority, now, deadline, waker);
         // The maintenance task times waiters out; wake it if this deadline comes first.
-        if self.maintenance_due.is_none_or(|due| deadline < due) {
+        if let Some(deadline) = deadline
+            && self.maintenance_due.is_none_or(|due| deadline < due)
+        {
             self.maintenance_due = Some(deadline);
             effects.rare().wake_maintenance = true;
         }
@@ -710,7 +716,7 @@ impl<T> State<T> {
             backoff,
         });
         effects.rare().wake_maintenance = true;
-        self.backoff = Some((now + backoff, error));
+        self.backoff = Some((now.checked_add(backoff), error));
     }
 
     // -----------------------------------------------------------------------------------------
@@ -744,7 +750,12 @@ impl<T> State<T> {
             return None;
         }
         let mut next: Option<Instant> = None;
-        let mut due = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        // A moment too far to represent (`None`) never comes.
+        let mut due = |at: Option<Instant>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        };
 
         // Retire idle instances past their lifetime, then those idle too long, oldest first,
         // never going below `min`.
@@ -754,15 +765,14 @@ impl<T> State<T> {
             let idle_now = slot.in_use == 0 && !slot.checking && slot.retire.is_none();
             let (created_at, idle_since, retiring) =
                 (slot.created_at, slot.idle_since, slot.retire.is_some());
-            if let Some(lifetime) = self.config.max_lifetime {
-                let end = created_at + lifetime;
+            if let Some(end) = self.config.max_lifetime.and_then(|l| created_at.checked_add(l)) {
                 if idle_now && now >= end {
                     self.retire(index, DestroyReason::MaxLifetime, effects);
                     continue;
                 }
                 // A busy instance past its lifetime is retired when it comes back, not here.
                 if !retiring && end > now {
-                    due(end);
+                    due(Some(end));
                 }
             }
             if idle_now {
@@ -775,18 +785,21 @@ impl<T> State<T> {
                 if self.size - self.retiring <= self.config.min {
                     break;
                 }
-                if now >= since + timeout {
-                    self.retire(index, DestroyReason::IdleTimeout, effects);
-                } else {
-                    due(since + timeout);
-                    break;
+                match since.checked_add(timeout) {
+                    Some(end) if now >= end => {
+                        self.retire(index, DestroyReason::IdleTimeout, effects);
+                    }
+                    end => {
+                        due(end);
+                        break;
+                    }
                 }
             }
             // An instance that goes idle later expires no sooner than this.
-            due(now + timeout);
+            due(now.checked_add(timeout));
         }
         if let Some(lifetime) = self.config.max_lifetime {
-            due(now + lifetime);
+            due(now.checked_add(lifetime));
         }
 
         // Health checks of idle instances.
@@ -804,9 +817,9 @@ impl<T> State<T> {
                         effects.rare().checks.push((index, instance));
                     }
                 }
-                self.next_health_check = Some(now + interval);
+                self.next_health_check = now.checked_add(interval);
             }
-            due(self.next_health_check.unwrap_or(now + interval));
+            due(self.next_health_check);
         }
 
         // Leases held too long.
@@ -822,18 +835,16 @@ impl<T> State<T> {
                     let event = PoolEvent::LeakSuspected { instance: record.instance, held };
                     effects.rare().events.push(event);
                 } else {
-                    due(record.since + threshold);
+                    due(record.since.checked_add(threshold));
                 }
             }
-            due(now + threshold);
+            due(now.checked_add(threshold));
         }
 
         // Acquires that waited until their deadline.
         if self.waiters.len > 0 {
             let mut expired = Vec::new();
-            if let Some(deadline) = self.waiters.expire(now, &mut expired) {
-                due(deadline);
-            }
+            due(self.waiters.expire(now, &mut expired));
             for waiter in expired {
                 self.counters.timeouts += 1;
                 let error = Error::Timeout {

@@ -67,7 +67,7 @@ fn pool_config() -> impl Strategy<Value = PoolConfig> {
             concurrency,
             queue_limit,
             max_uses,
-            acquire_timeout: Duration::from_secs(1),
+            acquire_timeout: Some(Duration::from_secs(1)),
             create_timeout: Duration::from_secs(1),
             create_backoff: Duration::from_millis(50),
             create_backoff_max: Duration::from_millis(400),

@@ -250,6 +250,95 @@ async fn a_full_queue_fails_at_once_and_a_long_wait_times_out() {
     assert_eq!((counters.queue_full, counters.timeouts), (1, 1));
 }
 
+/// Longer than any test runs, short enough to add to the present moment.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_without_a_timeout_waits_until_served_or_shut_down() {
+    let (pool, _manager) = pool(PoolConfig { max: 1, acquire_timeout: None, ..config() });
+    let held = pool.acquire().await.unwrap();
+    let id = held.id();
+    let unbounded = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|lease| lease.id()) })
+    };
+    run_ready_tasks().await;
+    // Too long to add to the present moment: waits like no timeout at all.
+    let longest = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.acquire_with(Priority::Normal, Duration::MAX).await.map(|lease| lease.id())
+        })
+    };
+    tokio::time::sleep(CENTURY).await;
+    let status = pool.status();
+    assert_eq!((status.waiting, status.counters.timeouts), (2, 0), "{status:?}");
+    drop(held);
+    assert_eq!(unbounded.await.unwrap().unwrap(), id);
+    assert_eq!(longest.await.unwrap().unwrap(), id);
+
+    let held = pool.acquire().await.unwrap();
+    let refused = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|_| ()) })
+    };
+    run_ready_tasks().await;
+    let shutdown = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.shutdown(Duration::MAX).await })
+    };
+    let error = refused.await.unwrap().unwrap_err();
+    assert!(matches!(error, Error::ShuttingDown), "{error:?}");
+    tokio::time::sleep(CENTURY).await;
+    assert!(!shutdown.is_finished(), "a shutdown without a deadline waits for the lease");
+    drop(held);
+    let report = shutdown.await.unwrap();
+    assert_eq!((report.waiters_rejected, report.leases_returned), (1, 1), "{report:?}");
+    assert_eq!(report.destroyed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn chores_timed_too_far_to_represent_never_come_and_the_rest_still_runs() {
+    let never = Some(Duration::MAX);
+    let (pool, manager) = pool(PoolConfig {
+        min: 1,
+        max: 1,
+        idle_timeout: never,
+        max_lifetime: never,
+        health_check_interval: never,
+        leak_threshold: never,
+        ..PoolConfig::default()
+    });
+    let held = pool.acquire().await.unwrap();
+    // The background task times waiters out: it survived computing when its chores are due.
+    let waited = tokio::time::timeout(10 * SECOND, pool.acquire_with(Priority::Normal, SECOND));
+    let error = waited.await.expect("the waiter was timed out").unwrap_err();
+    assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+    drop(held);
+    tokio::time::sleep(CENTURY).await;
+    let status = pool.status();
+    assert_eq!((status.size, status.counters.leaks_suspected), (1, 0), "{status:?}");
+    assert!(manager.probe.destroyed_serials().is_empty());
+    assert!(manager.probe.checked.lock().is_empty(), "a health check ran");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_backoff_too_long_to_represent_lasts_as_long_as_the_pool() {
+    let (pool, manager) = pool(PoolConfig {
+        create_backoff: Duration::MAX,
+        create_backoff_max: Duration::MAX,
+        ..config()
+    });
+    manager.probe.fail_creates.store(1, Ordering::SeqCst);
+    let failed = tokio::time::timeout(10 * SECOND, pool.acquire()).await;
+    let error = failed.expect("the create's failure reached the acquire").unwrap_err();
+    assert!(matches!(error, Error::Create(_)), "{error:?}");
+    tokio::time::sleep(CENTURY).await;
+    let error = pool.acquire().await.unwrap_err();
+    assert!(matches!(error, Error::Create(_)), "still backing off: {error:?}");
+    assert_eq!(manager.probe.creates_started.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_create_failure_reaches_its_waiter_at_once_with_the_managers_error() {
     let (pool, manager) = pool(config());
@@ -269,7 +358,7 @@ async fn while_creates_fail_and_nothing_runs_an_acquire_gets_the_last_error_at_o
         min: 1,
         create_backoff: Duration::from_secs(20),
         create_backoff_max: Duration::from_secs(20),
-        acquire_timeout: Duration::from_secs(10),
+        acquire_timeout: Some(Duration::from_secs(10)),
         ..config()
     });
     manager.probe.fail_creates.store(2, Ordering::SeqCst);
