@@ -6,6 +6,13 @@
 //! pool lets us turn off (health checks, idle eviction, bb8's reaper, bb8's test on checkout) is
 //! off. Pools are filled to their size before anything is measured.
 //!
+//! Every pool bounds the wait of a checkout at 30 s, as ours does by default: our
+//! `acquire_timeout` and bb8's `connection_timeout` are their defaults, and deadpool, which
+//! waits forever unless told, gets `wait_timeout(30 s)`. A bound costs a pool something
+//! (deadpool arms a tokio timer for every get that waits), so the groups whose names end in
+//! `/unbounded` run ours (`acquire_timeout: None`) and deadpool (its default) without one, for
+//! the users who wait as long as it takes. The semaphore has no bound.
+//!
 //! - `uncontended/<impl>`: take and drop one object in a loop on a current-thread runtime,
 //!   pool of 1. Time per checkout.
 //! - `contended/hold=<none|yield>/<impl>/W<tasks>xS<size>`: on a multi-thread runtime with two
@@ -14,8 +21,9 @@
 //!   (spawning the tasks included) divided by 1024: time per checkout.
 //! - `paired/hold=<none|yield>/W<tasks>xS<size>`: the `contended` workload again, with ours,
 //!   deadpool and bb8 timed in alternation batch after batch so that the machine's drift hits
-//!   all alike; the report is the table printed after the group: the median ratio ours/peer of
-//!   paired batches, with its quartiles. This is the table docs/performance.md quotes.
+//!   all alike, and ours and deadpool unbounded in the same alternation; the report is the table
+//!   printed after the group: the median ratio ours/peer of paired batches, with its quartiles.
+//!   This is the table docs/performance.md quotes.
 //! - `fairness/<impl>`: 64 tasks, 4 objects, 50 checkouts each, each holding its object for
 //!   100 µs. The hold yields in a loop until 100 µs have passed rather than sleeping (tokio's
 //!   timer has a 1 ms granularity) or spinning (a spin blocks one of the two workers, so at most
@@ -86,6 +94,9 @@ const COLD_CREATE: Duration = Duration::from_millis(1);
 const COLD_TASKS: usize = 64;
 /// Our pool's `queue_limit`: above every number of waiters here (its default is 64).
 const QUEUE_LIMIT: usize = 1024;
+/// The longest a checkout may wait, in every pool but the `/unbounded` ones: our pool's default
+/// `acquire_timeout`, bb8's default `connection_timeout`.
+const WAIT_BOUND: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // The manager and the pools
@@ -212,11 +223,13 @@ impl Subject for Floor {
     }
 }
 
-/// Our pool with `size` objects, all created. Must run inside the runtime.
-async fn prefilled_ours(size: usize) -> Ours {
+/// Our pool with `size` objects, all created, its waits bounded by `wait` (`None`: unbounded).
+/// Must run inside the runtime.
+async fn prefilled_ours(size: usize, wait: Option<Duration>) -> Ours {
     let config = PoolConfig {
         min: size,
         max: size,
+        acquire_timeout: wait,
         health_check_interval: None,
         idle_timeout: None,
         queue_limit: QUEUE_LIMIT,
@@ -229,12 +242,11 @@ async fn prefilled_ours(size: usize) -> Ours {
     Ours(pool)
 }
 
-/// A deadpool of `size` objects, all created: `size` checkouts at once, then returned.
-async fn prefilled_deadpool(size: usize) -> Deadpool {
-    let pool = deadpool::managed::Pool::builder(Noop::default())
-        .max_size(size)
-        .build()
-        .expect("a valid deadpool config");
+/// A deadpool of `size` objects, all created (`size` checkouts at once, then returned), its
+/// waits bounded by `wait` (`None`: unbounded, deadpool's default).
+async fn prefilled_deadpool(size: usize, wait: Option<Duration>) -> Deadpool {
+    let pool =
+        deadpool_builder(Noop::default(), size, wait).build().expect("a valid deadpool config");
     let mut held = Vec::with_capacity(size);
     for _ in 0..size {
         held.push(pool.get().await.expect("deadpool creates an object"));
@@ -242,6 +254,17 @@ async fn prefilled_deadpool(size: usize) -> Deadpool {
     drop(held);
     assert_eq!(pool.status().size, size, "deadpool kept its objects");
     Deadpool(pool)
+}
+
+/// A deadpool of at most `size` objects whose gets wait at most `wait`.
+fn deadpool_builder(
+    manager: Noop,
+    size: usize,
+    wait: Option<Duration>,
+) -> deadpool::managed::PoolBuilder<Noop> {
+    let builder = deadpool::managed::Pool::builder(manager).max_size(size);
+    // A timeout needs deadpool to know the runtime.
+    builder.wait_timeout(wait).runtime(deadpool::Runtime::Tokio1)
 }
 
 /// A bb8 pool with `size` idle connections.
@@ -258,6 +281,7 @@ async fn prefilled_bb8(size: usize) -> Bb8 {
 fn bb8_builder(size: usize) -> bb8::Builder<Noop> {
     bb8::Pool::builder()
         .max_size(size as u32)
+        .connection_timeout(WAIT_BOUND)
         .test_on_check_out(false)
         .idle_timeout(None)
         .max_lifetime(None)
@@ -378,10 +402,15 @@ fn uncontended(c: &mut Criterion) {
     let runtime = current_thread();
     let mut group = c.benchmark_group("uncontended");
     short(&mut group, 20, 500, 2000);
-    uncontended_one(&mut group, &runtime, "ours", || prefilled_ours(1));
-    uncontended_one(&mut group, &runtime, "deadpool", || prefilled_deadpool(1));
+    uncontended_one(&mut group, &runtime, "ours", || prefilled_ours(1, Some(WAIT_BOUND)));
+    uncontended_one(&mut group, &runtime, "deadpool", || prefilled_deadpool(1, Some(WAIT_BOUND)));
     uncontended_one(&mut group, &runtime, "bb8", || prefilled_bb8(1));
     uncontended_one(&mut group, &runtime, "semaphore", || floor(1));
+    group.finish();
+    let mut group = c.benchmark_group("uncontended/unbounded");
+    short(&mut group, 20, 500, 2000);
+    uncontended_one(&mut group, &runtime, "ours", || prefilled_ours(1, None));
+    uncontended_one(&mut group, &runtime, "deadpool", || prefilled_deadpool(1, None));
     group.finish();
 }
 
@@ -411,8 +440,10 @@ fn contended(c: &mut Criterion) {
             let shape = format!("W{tasks}xS{size}");
             let id = |name| BenchmarkId::new(name, &shape);
             let run = (tasks, hold);
-            contended_one(&mut group, &runtime, id("ours"), run, || prefilled_ours(size));
-            contended_one(&mut group, &runtime, id("deadpool"), run, || prefilled_deadpool(size));
+            let bound = Some(WAIT_BOUND);
+            contended_one(&mut group, &runtime, id("ours"), run, || prefilled_ours(size, bound));
+            let deadpool = || prefilled_deadpool(size, bound);
+            contended_one(&mut group, &runtime, id("deadpool"), run, deadpool);
             contended_one(&mut group, &runtime, id("bb8"), run, || prefilled_bb8(size));
             contended_one(&mut group, &runtime, id("semaphore"), run, || floor(size));
         }
@@ -449,15 +480,28 @@ fn contended_one<S, F>(
 
 fn fairness(c: &mut Criterion) {
     let runtime = two_workers();
-    let mut group = c.benchmark_group("fairness");
-    short(&mut group, 10, 200, 1000);
-    group.sampling_mode(SamplingMode::Flat);
     let mut rows = Vec::new();
-    fairness_one(&mut group, &runtime, "ours", &mut rows, || prefilled_ours(FAIR_SIZE));
-    fairness_one(&mut group, &runtime, "deadpool", &mut rows, || prefilled_deadpool(FAIR_SIZE));
-    fairness_one(&mut group, &runtime, "bb8", &mut rows, || prefilled_bb8(FAIR_SIZE));
-    fairness_one(&mut group, &runtime, "semaphore", &mut rows, || floor(FAIR_SIZE));
-    group.finish();
+    for wait in [Some(WAIT_BOUND), None] {
+        // The table tells the unbounded rows by their label.
+        let (name, label) = match wait {
+            Some(_) => ("fairness", ""),
+            None => ("fairness/unbounded", " unbounded"),
+        };
+        let mut group = c.benchmark_group(name);
+        short(&mut group, 10, 200, 1000);
+        group.sampling_mode(SamplingMode::Flat);
+        let ours = || prefilled_ours(FAIR_SIZE, wait);
+        fairness_one(&mut group, &runtime, ("ours", label), &mut rows, ours);
+        let deadpool = || prefilled_deadpool(FAIR_SIZE, wait);
+        fairness_one(&mut group, &runtime, ("deadpool", label), &mut rows, deadpool);
+        if wait.is_some() {
+            let bb8 = || prefilled_bb8(FAIR_SIZE);
+            fairness_one(&mut group, &runtime, ("bb8", label), &mut rows, bb8);
+            let floor = || floor(FAIR_SIZE);
+            fairness_one(&mut group, &runtime, ("semaphore", label), &mut rows, floor);
+        }
+        group.finish();
+    }
     if rows.is_empty() {
         return;
     }
@@ -467,13 +511,13 @@ fn fairness(c: &mut Criterion) {
         FAIR_HOLD.as_micros()
     );
     println!(
-        "{:<10} {:>6} {:>9} {:>12} {:>12} {:>12} {:>12}",
+        "{:<20} {:>6} {:>9} {:>12} {:>12} {:>12} {:>12}",
         "impl", "runs", "checkouts", "mean µs", "p50 µs", "p99 µs", "max µs"
     );
     let micros = |nanos: u64| nanos as f64 / 1000.0;
     for (name, runs, waits) in rows {
         println!(
-            "{:<10} {:>6} {:>9} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+            "{:<20} {:>6} {:>9} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
             name,
             runs,
             waits.len(),
@@ -489,8 +533,8 @@ fn fairness(c: &mut Criterion) {
 fn fairness_one<S, F>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     runtime: &Runtime,
-    name: &'static str,
-    rows: &mut Vec<(&'static str, u64, Histogram<u64>)>,
+    (name, label): (&str, &str),
+    rows: &mut Vec<(String, u64, Histogram<u64>)>,
     make: impl Fn() -> F,
 ) where
     S: Subject,
@@ -522,7 +566,7 @@ fn fairness_one<S, F>(
         });
     });
     if runs > 0 {
-        rows.push((name, runs, waits));
+        rows.push((format!("{name}{label}"), runs, waits));
     }
 }
 
@@ -531,27 +575,40 @@ fn cold_burst(c: &mut Criterion) {
     let mut group = c.benchmark_group("cold_burst");
     short(&mut group, 20, 300, 1500);
     group.sampling_mode(SamplingMode::Flat);
-    cold_one(&mut group, &runtime, "ours", || async {
-        let config = PoolConfig {
-            min: 0,
-            max: COLD_MAX,
-            max_concurrent_creates: COLD_MAX,
-            health_check_interval: None,
-            idle_timeout: None,
-            queue_limit: QUEUE_LIMIT,
-            ..PoolConfig::default()
-        };
-        Ours(pool_core::Pool::new(Noop::costing(COLD_CREATE), config).expect("a valid config"))
-    });
-    cold_one(&mut group, &runtime, "deadpool", || async {
-        let pool = deadpool::managed::Pool::builder(Noop::costing(COLD_CREATE)).max_size(COLD_MAX);
-        Deadpool(pool.build().expect("a valid deadpool config"))
-    });
+    cold_one(&mut group, &runtime, "ours", || cold_ours(Some(WAIT_BOUND)));
+    cold_one(&mut group, &runtime, "deadpool", || cold_deadpool(Some(WAIT_BOUND)));
     cold_one(&mut group, &runtime, "bb8", || async {
         let pool = bb8_builder(COLD_MAX).min_idle(None).build(Noop::costing(COLD_CREATE)).await;
         Bb8(pool.expect("bb8 starts"))
     });
     group.finish();
+    let mut group = c.benchmark_group("cold_burst/unbounded");
+    short(&mut group, 20, 300, 1500);
+    group.sampling_mode(SamplingMode::Flat);
+    cold_one(&mut group, &runtime, "ours", || cold_ours(None));
+    cold_one(&mut group, &runtime, "deadpool", || cold_deadpool(None));
+    group.finish();
+}
+
+/// An empty pool of ours for `cold_burst`.
+async fn cold_ours(wait: Option<Duration>) -> Ours {
+    let config = PoolConfig {
+        min: 0,
+        max: COLD_MAX,
+        max_concurrent_creates: COLD_MAX,
+        acquire_timeout: wait,
+        health_check_interval: None,
+        idle_timeout: None,
+        queue_limit: QUEUE_LIMIT,
+        ..PoolConfig::default()
+    };
+    Ours(pool_core::Pool::new(Noop::costing(COLD_CREATE), config).expect("a valid config"))
+}
+
+/// An empty deadpool for `cold_burst`.
+async fn cold_deadpool(wait: Option<Duration>) -> Deadpool {
+    let builder = deadpool_builder(Noop::costing(COLD_CREATE), COLD_MAX, wait);
+    Deadpool(builder.build().expect("a valid deadpool config"))
 }
 
 fn cold_one<S, F>(
@@ -592,37 +649,44 @@ fn paired(c: &mut Criterion) {
         for (tasks, size) in SHAPES {
             let cell = format!("hold={}/W{tasks}xS{size}", hold.name());
             let rounds = CONTENDED_TOTAL / tasks;
+            let bound = Some(WAIT_BOUND);
             let pools = runtime.block_on(async {
                 (
-                    prefilled_ours(size).await,
-                    prefilled_deadpool(size).await,
+                    prefilled_ours(size, bound).await,
+                    prefilled_deadpool(size, bound).await,
                     prefilled_bb8(size).await,
+                    prefilled_ours(size, None).await,
+                    prefilled_deadpool(size, None).await,
                 )
             });
             let mut vs_deadpool = Vec::new();
             let mut vs_bb8 = Vec::new();
+            let mut unbounded = Vec::new();
             group.bench_function(&cell, |b| {
                 b.iter_custom(|iters| {
                     runtime.block_on(async {
-                        let (ours, deadpool, bb8) = &pools;
+                        let (ours, deadpool, bb8, ours_unbounded, deadpool_unbounded) = &pools;
                         let mut total = Duration::ZERO;
                         for iteration in 0..iters {
-                            // Alternate who goes first, so neither always runs on a warm cache.
-                            let (o, d, b) = if iteration % 2 == 0 {
-                                let o = timed(ours, tasks, rounds, hold).await;
-                                (
-                                    o,
-                                    timed(deadpool, tasks, rounds, hold).await,
-                                    timed(bb8, tasks, rounds, hold).await,
-                                )
-                            } else {
-                                let b = timed(bb8, tasks, rounds, hold).await;
-                                let d = timed(deadpool, tasks, rounds, hold).await;
-                                (timed(ours, tasks, rounds, hold).await, d, b)
+                            // Alternate the order, so that none always runs on a warm cache.
+                            let mut times = [Duration::ZERO; 5];
+                            for turn in 0..times.len() {
+                                let pool = if iteration % 2 == 0 { turn } else { 4 - turn };
+                                times[pool] = match pool {
+                                    0 => timed(ours, tasks, rounds, hold).await,
+                                    1 => timed(deadpool, tasks, rounds, hold).await,
+                                    2 => timed(bb8, tasks, rounds, hold).await,
+                                    3 => timed(ours_unbounded, tasks, rounds, hold).await,
+                                    _ => timed(deadpool_unbounded, tasks, rounds, hold).await,
+                                };
+                            }
+                            let ratio = |a: usize, b: usize| {
+                                times[a].as_secs_f64() / times[b].as_secs_f64()
                             };
-                            vs_deadpool.push(o.as_secs_f64() / d.as_secs_f64());
-                            vs_bb8.push(o.as_secs_f64() / b.as_secs_f64());
-                            total += o;
+                            vs_deadpool.push(ratio(0, 1));
+                            vs_bb8.push(ratio(0, 2));
+                            unbounded.push(ratio(3, 4));
+                            total += times[0];
                         }
                         total / CONTENDED_TOTAL as u32
                     })
@@ -630,7 +694,9 @@ fn paired(c: &mut Criterion) {
             });
             if !vs_deadpool.is_empty() {
                 let pairs = vs_deadpool.len();
-                rows.push((cell, spread(&mut vs_deadpool, 2), spread(&mut vs_bb8, 2), pairs));
+                let spreads =
+                    [&mut vs_deadpool, &mut vs_bb8, &mut unbounded].map(|ratios| spread(ratios, 2));
+                rows.push((cell, spreads, pairs));
             }
         }
     }
@@ -639,12 +705,13 @@ fn paired(c: &mut Criterion) {
         return;
     }
     println!(
-        "\npaired: ours / peer per batch of {CONTENDED_TOTAL} checkouts; median [p25, p75]; below 1 means ours is faster"
+        "\npaired: ours / peer per batch of {CONTENDED_TOTAL} checkouts; median [p25, p75]; below 1 \
+         means ours is faster; waits bounded at {WAIT_BOUND:?} but in the last column"
     );
-    println!("| cell | ours/deadpool | ours/bb8 | pairs |");
-    println!("|---|---:|---:|---:|");
-    for (cell, deadpool, bb8, pairs) in rows {
-        println!("| {cell} | {deadpool} | {bb8} | {pairs} |");
+    println!("| cell | ours/deadpool | ours/bb8 | unbounded ours/deadpool | pairs |");
+    println!("|---|---:|---:|---:|---:|");
+    for (cell, [deadpool, bb8, unbounded], pairs) in rows {
+        println!("| {cell} | {deadpool} | {bb8} | {unbounded} | {pairs} |");
     }
     println!();
 }
