@@ -60,6 +60,18 @@ pub enum Error {
     NoRuntime,
 }
 
+/// A [`Manager`](crate::Manager) method that panicked. The pool counts the call as failed with
+/// this error — a create's waiters get it as the source of [`Error::Create`], a health check
+/// fails with its message — and carries on: the panic does not end the pool's work half done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the manager's `{method}` panicked: {message}")]
+pub struct ManagerPanic {
+    /// `create`, `check` or `destroy`.
+    pub method: &'static str,
+    /// The panic's message, when it had one.
+    pub message: String,
+}
+
 /// An error returned by a [`Manager`](crate::Manager), shared by every waiter it reaches.
 ///
 /// It displays as the manager's error and hands out that error as its

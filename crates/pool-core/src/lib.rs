@@ -97,7 +97,7 @@ pub use backend::{
     InstanceRecord, Readiness, Reaped, Termination, Terminations, check_launch_rules, is_env_name,
 };
 pub use config::{PoolConfig, Selection};
-pub use error::{Error, ManagerError, Result};
+pub use error::{Error, ManagerError, ManagerPanic, Result};
 pub use lease::Lease;
 pub use manager::Manager;
 pub use owner::{Liveness, MAX_NAME_LEN, OwnerId, PoolName, Scope, process_start};

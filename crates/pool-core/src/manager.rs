@@ -1,16 +1,24 @@
 //! [`Manager`]: how a pool creates, checks and destroys its instances.
 
+use std::any::Any;
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::error::ManagerPanic;
 use crate::status::InstanceId;
 
 /// Creates, checks and destroys the instances of one [`Pool`](crate::Pool).
 ///
 /// The pool decides *when*; the manager knows *how*. Every method may take as long as it needs:
 /// the pool bounds `create` with `create_timeout` and `check` with `health_check_timeout`, and
-/// runs all three off the acquire path.
+/// runs all three off the acquire path. A method that panics counts as failed (see
+/// [`ManagerPanic`]); `leased` runs on the acquiring task, so its panic reaches that task, and
+/// the lease goes back to the pool as it unwinds.
 #[async_trait]
 pub trait Manager: Send + Sync + 'static {
     /// What the pool hands out: a connection, a process, a container...
@@ -43,5 +51,32 @@ pub trait Manager: Send + Sync + 'static {
     async fn destroy(&self, instance: Self::Instance, grace: Duration) {
         let _ = grace;
         drop(instance);
+    }
+}
+
+/// Runs one call of `method` of a manager; a panic in it comes back as a [`ManagerPanic`]
+/// instead of ending the pool's task half way, which would leave a create counted forever or a
+/// destroy that shutdown waits for in vain.
+pub(crate) async fn guarded<T>(
+    method: &'static str,
+    call: impl Future<Output = T>,
+) -> Result<T, ManagerPanic> {
+    let mut call = pin!(call);
+    // The call is dropped, never polled again, once it has panicked.
+    poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
+        Ok(poll) => poll.map(Ok),
+        Err(payload) => Poll::Ready(Err(ManagerPanic { method, message: message(&*payload) })),
+    })
+    .await
+}
+
+/// The message of a panic's payload: `panic!` makes a `&str` or a `String`.
+fn message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{PoolConfig, validate_size};
 use crate::error::{Error, ManagerError, Result};
 use crate::lease::Lease;
 use crate::mailbox::Mailbox;
-use crate::manager::Manager;
+use crate::manager::{Manager, guarded};
 use crate::state::{Delivery, Effects, Grant, Priority, RareEffects, Returned, State, WaiterId};
 use crate::status::{InstanceId, InstanceStatus, PoolEvent, PoolStatus};
 
@@ -279,7 +279,9 @@ impl<M: Manager> Inner<M> {
             self.runtime.spawn(async move {
                 match Arc::try_unwrap(instance) {
                     Ok(instance) => {
-                        inner.manager.destroy(instance, inner.timings.destroy_grace).await
+                        let destroy = inner.manager.destroy(instance, inner.timings.destroy_grace);
+                        // A panicking destroy still counts as done: the instance is gone.
+                        let _ = guarded("destroy", destroy).await;
                     }
                     // Unreachable: an idle instance has no other owner. Dropping it is the
                     // only safe thing left.
@@ -307,15 +309,20 @@ impl<M: Manager> Inner<M> {
     async fn create_one(self: Arc<Self>) {
         let timeout = self.timings.create_timeout;
         let id = InstanceId(self.next_instance.fetch_add(1, Ordering::Relaxed));
-        let result = tokio::time::timeout(timeout, self.manager.create(id)).await;
+        let result =
+            tokio::time::timeout(timeout, guarded("create", self.manager.create(id))).await;
         let now = Instant::now();
         let mut effects = Effects::default();
         {
             let mut state = self.lock();
             match result {
-                Ok(Ok(instance)) => state.created(id, instance, now, &mut effects),
-                Ok(Err(error)) => {
+                Ok(Ok(Ok(instance))) => state.created(id, instance, now, &mut effects),
+                Ok(Ok(Err(error))) => {
                     let error = Error::Create(ManagerError::new(error));
+                    state.create_failed(error, now, &mut effects);
+                }
+                Ok(Err(panic)) => {
+                    let error = Error::Create(ManagerError::new(panic));
                     state.create_failed(error, now, &mut effects);
                 }
                 Err(_) => state.create_failed(Error::CreateTimeout { timeout }, now, &mut effects),
@@ -327,9 +334,11 @@ impl<M: Manager> Inner<M> {
 
     async fn check_one(self: Arc<Self>, slot: u32, instance: Arc<M::Instance>) {
         let timeout = self.timings.health_check_timeout;
-        let failure = match tokio::time::timeout(timeout, self.manager.check(&instance)).await {
-            Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(error.to_string()),
+        let check = guarded("check", self.manager.check(&instance));
+        let failure = match tokio::time::timeout(timeout, check).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(error))) => Some(error.to_string()),
+            Ok(Err(panic)) => Some(panic.to_string()),
             Err(_) => Some(format!("the health check took longer than {timeout:?}")),
         };
         drop(instance);
@@ -530,8 +539,10 @@ impl<M: Manager> Acquire<'_, M> {
             Stage::Start { .. } | Stage::Done => None,
         };
         Poll::Ready(outcome.map(|grant| {
-            self.inner.manager.leased(&grant.instance);
-            Lease::new(self.inner.clone(), grant).with_mailbox(mailbox)
+            // Made first, so that the lease goes back to the pool should the manager panic.
+            let lease = Lease::new(self.inner.clone(), grant).with_mailbox(mailbox);
+            self.inner.manager.leased(&lease);
+            lease
         }))
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use common::{TestError, TestManager, drain, eventually, run_ready_tasks};
 use parking_lot::Mutex;
-use pool_core::{DestroyReason, Error, Pool, PoolConfig, PoolEvent, Priority, Selection};
+use pool_core::{
+    DestroyReason, Error, ManagerPanic, Pool, PoolConfig, PoolEvent, Priority, Selection,
+};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -337,6 +339,67 @@ async fn a_create_backoff_too_long_to_represent_lasts_as_long_as_the_pool() {
     let error = pool.acquire().await.unwrap_err();
     assert!(matches!(error, Error::Create(_)), "still backing off: {error:?}");
     assert_eq!(manager.probe.creates_started.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manager_that_panics_fails_that_call_and_the_pool_carries_on() {
+    let (pool, manager) = pool(PoolConfig { max: 1, ..config() });
+    manager.probe.panics.lock().insert("create");
+    let start = Instant::now();
+    let error = pool.acquire().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO, "the panic must reach the waiter at once");
+    let Error::Create(source) = &error else { panic!("expected a create error, got {error:?}") };
+    let panic = ManagerPanic { method: "create", message: "test manager: create panics".into() };
+    assert_eq!(source.downcast_ref::<ManagerPanic>(), Some(&panic));
+    assert_eq!(source.to_string(), "the manager's `create` panicked: test manager: create panics");
+    assert_eq!(pool.status().creating, 0, "the failed create still counts");
+
+    // Once the manager behaves and the backoff has passed, the pool creates again.
+    manager.probe.panics.lock().clear();
+    tokio::time::sleep(SECOND).await;
+    let lease = pool.acquire().await.unwrap();
+    drop(lease);
+
+    // `leased` panics on the acquiring task; the lease goes back as it unwinds.
+    manager.probe.panics.lock().insert("leased");
+    let acquire = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|_| ()) })
+    };
+    assert!(acquire.await.unwrap_err().is_panic());
+    let status = pool.status();
+    assert_eq!((status.leased, status.idle), (0, 1), "{status:?}");
+    manager.probe.panics.lock().clear();
+
+    // A destroy that panics still counts as done: the shutdown does not wait for it forever.
+    manager.probe.panics.lock().insert("destroy");
+    let report = tokio::time::timeout(10 * SECOND, pool.shutdown(SECOND)).await;
+    let report = report.expect("the shutdown waited for a destroy that had panicked");
+    assert_eq!(report.destroyed, 1, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_health_check_that_panics_fails_and_the_instance_is_replaced() {
+    let (pool, manager) =
+        pool(PoolConfig { min: 1, health_check_interval: Some(10 * SECOND), ..config() });
+    let mut events = pool.subscribe();
+    eventually("the warm instance exists", || pool.status().idle == 1).await;
+    manager.probe.panics.lock().insert("check");
+    tokio::time::sleep(11 * SECOND).await;
+    manager.probe.panics.lock().clear();
+    eventually("a replacement is up", || {
+        manager.probe.destroyed_serials() == [0] && pool.status().idle == 1
+    })
+    .await;
+    let failures: Vec<String> = drain(&mut events)
+        .into_iter()
+        .filter_map(|event| match event {
+            PoolEvent::HealthCheckFailed { error, .. } => Some(error),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures, ["the manager's `check` panicked: test manager: check panics"]);
+    assert_eq!(pool.status().counters.health_check_failures, 1);
 }
 
 #[tokio::test(start_paused = true)]

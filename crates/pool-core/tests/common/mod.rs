@@ -49,9 +49,18 @@ pub struct Probe {
     pub check_delay: Mutex<Duration>,
     /// Serial numbers of the instances checked, in order.
     pub checked: Mutex<Vec<u64>>,
+    /// The methods that panic (`create`, `check`, `leased`, `destroy`) until taken out.
+    pub panics: Mutex<HashSet<&'static str>>,
 }
 
 impl Probe {
+    /// Panics when `method` is to.
+    fn maybe_panic(&self, method: &str) {
+        if self.panics.lock().contains(method) {
+            panic!("test manager: {method} panics");
+        }
+    }
+
     pub fn destroyed_serials(&self) -> Vec<u64> {
         self.destroyed.lock().iter().map(|(serial, _)| *serial).collect()
     }
@@ -80,6 +89,7 @@ impl Manager for TestManager {
             gate.acquire().await.expect("the gate stays open").forget();
         }
         pause(&self.probe.create_delay).await;
+        self.probe.maybe_panic("create");
         let fail = self
             .probe
             .fail_creates
@@ -95,6 +105,7 @@ impl Manager for TestManager {
     async fn check(&self, instance: &TestInstance) -> Result<(), TestError> {
         self.probe.checked.lock().push(instance.serial);
         pause(&self.probe.check_delay).await;
+        self.probe.maybe_panic("check");
         if self.probe.failing_checks.lock().contains(&instance.serial) {
             return Err(TestError(format!("instance {} is unwell", instance.serial)));
         }
@@ -102,11 +113,13 @@ impl Manager for TestManager {
     }
 
     fn leased(&self, instance: &TestInstance) {
+        self.probe.maybe_panic("leased");
         self.probe.leased.lock().push(instance.serial);
     }
 
     async fn destroy(&self, instance: TestInstance, grace: Duration) {
         pause(&self.probe.destroy_delay).await;
+        self.probe.maybe_panic("destroy");
         self.probe.destroyed.lock().push((instance.serial, grace));
     }
 }
