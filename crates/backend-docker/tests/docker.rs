@@ -353,6 +353,23 @@ async fn tcp_readiness_asks_the_container_past_the_port_proxy() {
     assert_eq!(leftovers(&backend, &scope).await, 0);
 }
 
+#[tokio::test]
+async fn a_startup_timeout_too_long_to_count_down_waits_as_long_as_needed() {
+    if testkit::skip_without_engine(
+        "a_startup_timeout_too_long_to_count_down_waits_as_long_as_needed",
+    ) {
+        return;
+    }
+    let scope = scope("forever");
+    let backend = connect(scope.clone()).await;
+    let mut spec = fixture(&image(&backend).await, &[]);
+    spec.startup_timeout = Duration::MAX;
+    let function = FunctionSpec::new("forever", spec).unwrap();
+    let instance = backend.launch(&function, InstanceId(0)).await.expect("launches");
+    backend.terminate(instance, Duration::from_secs(5)).await.expect("terminates");
+    assert_eq!(leftovers(&backend, &scope).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_launch_leaves_no_container() {
     if testkit::skip_without_engine("a_cancelled_launch_leaves_no_container") {

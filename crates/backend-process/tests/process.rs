@@ -82,6 +82,17 @@ async fn the_child_gets_a_cleared_environment_with_the_allow_list_port_and_ident
 }
 
 #[tokio::test]
+async fn a_startup_timeout_too_long_to_count_down_waits_as_long_as_needed() {
+    let backend = backend("forever");
+    let mut function = fixture("forever", &[]);
+    function.spec.startup_timeout = Duration::MAX;
+    let instance = backend.launch(&function, InstanceId(0)).await.expect("launches");
+    let (code, _) = http_get(http(&instance), "/env").await.expect("answers");
+    assert_eq!(code, 200);
+    stop(&backend, instance).await;
+}
+
+#[tokio::test]
 async fn port_placeholders_in_arguments_become_the_port() {
     let backend = backend("args");
     // `--slow-start {port}` would sleep `port` ms; instead check the substitution through the

@@ -135,8 +135,13 @@ async fn answer(mut stream: TcpStream, text: String) {
 
 /// One request on a connection of its own: the status, the head and the body.
 async fn get(address: SocketAddr, path: &str) -> (u16, String, String) {
+    get_as(address, path, "HTTP/1.1").await
+}
+
+/// [`get`] in HTTP `version`: the gateway serves HTTP/1.1 on its own path, HTTP/1.0 with hyper.
+async fn get_as(address: SocketAddr, path: &str, version: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(address).await.expect("the gateway accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} {version}\r\nHost: test\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("the request is sent");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("the response is read");
@@ -210,6 +215,39 @@ async fn a_program_serves_functions_of_its_own_backend() {
     assert!(launched >= 2, "each function warmed its minimum: {launched}");
     assert_eq!(report.instances_destroyed, u64::from(launched));
     assert_eq!(backend.terminated.load(Ordering::SeqCst), launched, "every instance was stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timeout_too_long_to_count_down_is_no_timeout() {
+    let (builder, backend) = InlineBackend::new("library-forever");
+    let gateway = builder
+        .request_timeout(Duration::MAX)
+        .custom_function(
+            FunctionName::new("hello").unwrap(),
+            PoolConfig { max: 1, ..PoolConfig::default() },
+            backend.clone(),
+            "hello".to_owned(),
+        )
+        .start()
+        .await
+        .expect("the gateway starts");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        gateway
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let (status, head, body) = get_as(address, "/fn/hello/long", version).await;
+        assert_eq!(status, 200, "{version}: {head}\n{body}");
+        assert!(body.ends_with(" at /long"), "{version}: {body}");
+    }
+    stop.send(()).unwrap();
+    assert!(serving.await.unwrap().drained);
 }
 
 #[tokio::test]

@@ -295,13 +295,18 @@ impl Shared {
     }
 }
 
+/// The longest pause between samples: for intervals too long to add to the present moment.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The background task: ticks, samples, evaluates; aborted when the monitor is dropped.
 async fn run(shared: Arc<Shared>) {
     let mut next_sample = Instant::now();
     loop {
         shared.registry.tick();
         if Instant::now() >= next_sample {
-            next_sample = Instant::now() + shared.config.system_interval;
+            // An interval too long to add to the present moment (`Duration::MAX`): a century.
+            let now = Instant::now();
+            next_sample = now.checked_add(shared.config.system_interval).unwrap_or(now + CENTURY);
             let sampling = shared.clone();
             // sysinfo and the cgroup files are blocking reads.
             if let Ok(Err(error)) =

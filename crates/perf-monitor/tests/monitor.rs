@@ -133,6 +133,27 @@ async fn the_background_task_samples_and_ends_with_the_monitor() {
     assert_eq!(after, 1, "only this clone is left: the task has ended");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_interval_too_long_to_count_down_samples_once_and_the_task_goes_on() {
+    let monitor = Monitor::start(MonitorConfig {
+        system_interval: Duration::MAX,
+        evaluation_interval: Duration::from_millis(100),
+        ..MonitorConfig::default()
+    })
+    .expect("starts");
+    for _ in 0..100 {
+        if monitor.system().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(monitor.system().is_some(), "the background task sampled the system");
+    // Several evaluation rounds after the first sample, when the next one was scheduled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alive = monitor.registry().strong_handles();
+    assert!(alive >= 2, "the task holds the registry still, beside the monitor: {alive}");
+}
+
 #[test]
 fn bad_settings_are_refused_naming_them() {
     let error = MonitorConfig { window: Duration::from_millis(10), ..MonitorConfig::default() }
