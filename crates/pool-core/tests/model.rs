@@ -18,10 +18,11 @@ use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Start an acquire (in its own task) that waits at most this many milliseconds.
+    /// Start an acquire (in its own task) that waits at most this many milliseconds, or as long
+    /// as it takes (`Duration::MAX`) when `None`.
     Acquire {
         priority: Priority,
-        timeout_ms: u64,
+        timeout_ms: Option<u64>,
     },
     /// Return the n-th held lease (modulo the number held).
     Release(usize),
@@ -47,7 +48,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let priority = prop_oneof![Just(Priority::High), Just(Priority::Normal), Just(Priority::Low)];
     prop_oneof![
-        6 => (priority, 0..3_000u64).prop_map(|(priority, timeout_ms)| Op::Acquire { priority, timeout_ms }),
+        6 => (priority, prop_oneof![5 => (0..3_000u64).prop_map(Some), 1 => Just(None)])
+            .prop_map(|(priority, timeout_ms)| Op::Acquire { priority, timeout_ms }),
         4 => any::<usize>().prop_map(Op::Release),
         1 => any::<usize>().prop_map(Op::MarkBroken),
         1 => Just(Op::FailNextCreate),
@@ -90,6 +92,8 @@ struct Record {
     pending: BTreeMap<usize, (Instant, Duration)>,
     /// The pool's status right after each `QueueFull` (taken before any other task ran).
     refused: Vec<pool_core::PoolStatus>,
+    /// Acquires without a timeout that failed with `Timeout` all the same.
+    unbounded_timeouts: usize,
 }
 
 /// What the model allows the pool's size to reach: `max`, or after a resize down the size the
@@ -126,7 +130,7 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
             match op {
                 Op::Acquire { priority, timeout_ms } => {
                     let (pool, record) = (pool.clone(), record.clone());
-                    let timeout = Duration::from_millis(timeout_ms);
+                    let timeout = timeout_ms.map_or(Duration::MAX, Duration::from_millis);
                     let started = Instant::now();
                     let number = {
                         let mut record = record.lock();
@@ -145,6 +149,9 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         record.finished.push((started, Instant::now(), timeout));
                         match result {
                             Ok(lease) => record.held.push(lease),
+                            Err(Error::Timeout { .. }) if timeout == Duration::MAX => {
+                                record.unbounded_timeouts += 1;
+                            }
                             Err(Error::QueueFull { .. } | Error::Timeout { .. }) => {}
                             Err(Error::Create(_) | Error::CreateTimeout { .. }) => {}
                             Err(Error::ShuttingDown) => {}
@@ -204,9 +211,11 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
         tokio::time::sleep(Duration::from_secs(5)).await;
         run_ready_tasks().await;
 
-        // Every acquire ended, and none later than its timeout.
+        // Every acquire ended, and none later than its timeout: those without one by the
+        // shutdown at the latest.
         let record = record.lock();
         prop_assert_eq!(record.finished.len(), record.started, "an acquire never completed");
+        prop_assert_eq!(record.unbounded_timeouts, 0, "an acquire without a timeout timed out");
         for (started, ended, timeout) in &record.finished {
             prop_assert!(*ended - *started <= *timeout, "an acquire outlived its timeout");
         }
@@ -257,11 +266,13 @@ fn check_invariants(
         status.waiting <= config.queue_limit + ceiling.1 * config.concurrency,
         "the queue outgrew its limit: {status:?}"
     );
-    // No acquire is still waiting after its timeout (the timer has a 1 ms granularity).
+    // No acquire is still waiting after its timeout (the timer has a 1 ms granularity); one
+    // without a timeout waits until served or shut down.
     let now = Instant::now();
     for (started, timeout) in record.pending.values() {
+        let end = started.checked_add(*timeout);
         prop_assert!(
-            now <= *started + *timeout + Duration::from_millis(1),
+            end.is_none_or(|end| now <= end + Duration::from_millis(1)),
             "an acquire waits past its timeout of {timeout:?}"
         );
     }
