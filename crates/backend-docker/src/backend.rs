@@ -1024,8 +1024,8 @@ impl Backend for DockerBackend {
         let details = instance.into_details();
         let grace = details.grace_period.unwrap_or(grace);
         // The engine counts whole seconds; round up so the function gets at least its grace.
-        let seconds = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
-            .unwrap_or(i32::MAX);
+        let seconds = grace.as_secs().saturating_add(u64::from(grace.subsec_nanos() > 0));
+        let seconds = i32::try_from(seconds).unwrap_or(i32::MAX);
         let options = StopContainerOptions { t: Some(seconds), signal: None };
         let outcome = if self.death(&details.id).await.is_some() {
             // It exited on its own (the events said so, or inspecting did): nothing to stop.

@@ -42,8 +42,8 @@ pub(crate) struct Grant<T> {
     pub(crate) record: Option<u32>,
 }
 
-/// The waiter queue: FIFO within each priority. A waiter's cell holds its deadline, if any, and the
-/// mailbox of its outcome; the outcome is delivered once the lock is released (see
+/// The waiter queue: FIFO within each priority. A waiter's cell holds its deadline, if any, and
+/// the mailbox of its outcome; the outcome is delivered once the lock is released (see
 /// [`Effects`]), so a woken acquire collects it without taking the pool's lock again.
 ///
 /// Laid out for the waited checkout, which takes the pool's lock on one worker and then on
