@@ -85,8 +85,6 @@ fn with_default_port(host: String) -> String {
 /// How long the TCP readiness check holds a connection to a published port to see that the
 /// function keeps it (when the host does not reach containers at their own addresses).
 const TCP_HOLD: Duration = Duration::from_millis(20);
-/// The longest a startup waits: for timeouts too long to add to the present moment.
-const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// How a [`DockerBackend`] reaches its engine and stamps its containers.
 #[derive(Debug, Clone)]
@@ -972,9 +970,8 @@ impl Backend for DockerBackend {
             reason: "the backend is shutting down".to_owned(),
             source: None,
         })?;
-        // A timeout too long to add to the present moment (`Duration::MAX`) waits a century.
-        let now = Instant::now();
-        let deadline = now.checked_add(function.spec.startup_timeout).unwrap_or(now + CENTURY);
+        let now = tokio::time::Instant::now();
+        let deadline = pool_core::deadline_after(now, function.spec.startup_timeout).into_std();
         let name = container_name(&self.scope, &function.name, id);
         let container = self.create(function, id, &name).await?;
         match self.start_and_wait(function, &container.id, deadline).await {

@@ -35,8 +35,6 @@ const FAST_PHASE: Duration = Duration::from_millis(25);
 const FAST_POLL: Duration = Duration::from_micros(200);
 /// How long a probe's HTTP check may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The longest a startup waits: for timeouts too long to add to the present moment.
-const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Where the backend keeps its records, and which pool and owner it launches for.
 #[derive(Debug, Clone)]
@@ -178,8 +176,7 @@ impl ProcessBackend {
 
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let started = Instant::now();
-        // A timeout too long to add to the present moment (`Duration::MAX`) waits a century.
-        let deadline = started.checked_add(spec.startup_timeout).unwrap_or(started + CENTURY);
+        let deadline = pool_core::deadline_after(started, spec.startup_timeout);
         let fast_until = std::time::Instant::now() + FAST_PHASE.min(spec.startup_timeout);
         let _ = tokio::task::spawn_blocking(move || poll_port(address, fast_until)).await;
         let mut detail;

@@ -29,8 +29,8 @@ use pool_core::Lease;
 
 use crate::any::AnyManager as Manager;
 use crate::gateway::{
-    Body, Client, FunctionPool, HOP_BY_HOP, Shared, UpstreamHeaders, deadline_after, error,
-    function_route, record_response, serve_hyper, timeout,
+    Body, Client, FunctionPool, HOP_BY_HOP, Shared, UpstreamHeaders, error, function_route,
+    record_response, serve_hyper, timeout,
 };
 
 /// Headers a request or an answer may have on this path; more go to hyper (requests) or are
@@ -367,7 +367,7 @@ async fn exchange(
 ) -> bool {
     let function = plan.function;
     let (started, arrived) = (Instant::now(), SystemTime::now());
-    let deadline = deadline_after(started, shared.request_timeout);
+    let deadline = pool_core::deadline_after(started, shared.request_timeout);
     let answered = answer(&plan, &body, arrived, deadline, work);
     let answer = tokio::time::timeout_at(deadline, answered)
         .await

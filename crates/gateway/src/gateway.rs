@@ -536,7 +536,7 @@ impl Gateway {
         }
         const ROUNDS_APART: Duration = Duration::from_millis(100);
         let Some(docker) = &self.shared.docker else { return Ok(0) };
-        let end = deadline_after(Instant::now(), deadline);
+        let end = pool_core::deadline_after(Instant::now(), deadline);
         let mut removed = std::collections::HashSet::new();
         loop {
             let listed = tokio::time::timeout_at(end, docker.remove_own_containers())
@@ -874,7 +874,7 @@ async fn forward(
     target: http::Uri,
 ) -> Response<Body> {
     let (started, arrived) = (Instant::now(), SystemTime::now());
-    let deadline = deadline_after(started, shared.request_timeout);
+    let deadline = pool_core::deadline_after(started, shared.request_timeout);
     let response = match tokio::time::timeout_at(
         deadline,
         forward_inner(shared, function, request, client, target, arrived, deadline),
@@ -1132,14 +1132,6 @@ fn pool_error(function: &FunctionPool, cause: PoolError) -> Response<Body> {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
-}
-
-/// `start + after`; a century after `start` when that sum cannot be represented, so that a
-/// timeout too long to count down (`Duration::MAX`, `"500000000000years"` in a config) is as
-/// good as none instead of a panic.
-pub(crate) fn deadline_after(start: Instant, after: Duration) -> Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    start.checked_add(after).unwrap_or_else(|| start + CENTURY)
 }
 
 pub(crate) fn timeout(shared: &Shared) -> Response<Body> {

@@ -77,6 +77,7 @@
 
 mod backend;
 mod config;
+mod deadline;
 mod error;
 mod lease;
 mod mailbox;
@@ -97,6 +98,7 @@ pub use backend::{
     InstanceRecord, Readiness, Reaped, Termination, Terminations, check_launch_rules, is_env_name,
 };
 pub use config::{PoolConfig, Selection};
+pub use deadline::deadline_after;
 pub use error::{Error, ManagerError, ManagerPanic, Result};
 pub use lease::Lease;
 pub use manager::Manager;
