@@ -30,6 +30,10 @@
 //!   two objects would ever be in use). Criterion times a whole run (3 200 checkouts; 80 ms is
 //!   the ideal); the report is the table printed after the group: p50, p99 and max of the wait
 //!   of every checkout, from calling get to holding the object, over all runs.
+//! - `fairness_paired/<bounded|unbounded>`: the `fairness` run again, ours and deadpool in
+//!   alternation run after run; the report is the table printed after the group: the ratio of
+//!   the p99 waits of paired runs, ours/deadpool, median and quartiles, and how often ours was
+//!   the lower. This is the fairness figure docs/performance.md quotes.
 //! - `cold_burst/<impl>`: an empty pool of at most 8, creates costing 1 ms (a tokio sleep),
 //!   64 tasks acquiring at once (each holds across one `yield_now`): the time until all 64 were
 //!   served, on a fresh pool every iteration. Our pool may run 8 creates at once, like the
@@ -41,7 +45,7 @@
 //! cargo bench -p benches --bench pool                        # everything, ~5 min on 2 cores
 //! cargo bench -p benches --bench pool -- uncontended         # one group
 //! cargo bench -p benches --bench pool -- 'contended/hold=none/.*/W32xS8'
-//! cargo bench -p benches --bench pool -- fairness            # the wait-time table
+//! cargo bench -p benches --bench pool -- fairness            # the wait-time tables
 //! cargo bench -p benches --bench pool -- paired              # the paired ratio table
 //! ```
 
@@ -50,7 +54,7 @@
 
 mod common;
 
-use common::{short, spread};
+use common::{quartiles, short, spread};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -570,6 +574,82 @@ fn fairness_one<S, F>(
     }
 }
 
+/// `fairness` again, ours and deadpool in alternation, run after run, so that the machine's
+/// drift hits both alike; bounded and unbounded. The report is the table printed after the
+/// group: per pair of runs, the ratio of their p99 waits, ours/deadpool, as a median with its
+/// quartiles, and how often ours was the lower.
+fn fairness_paired(c: &mut Criterion) {
+    let runtime = two_workers();
+    let mut group = c.benchmark_group("fairness_paired");
+    short(&mut group, 10, 200, 12000);
+    group.sampling_mode(SamplingMode::Flat);
+    let mut rows = Vec::new();
+    for wait in [Some(WAIT_BOUND), None] {
+        let name = if wait.is_some() { "bounded" } else { "unbounded" };
+        let (ours, deadpool) = runtime.block_on(async {
+            (prefilled_ours(FAIR_SIZE, wait).await, prefilled_deadpool(FAIR_SIZE, wait).await)
+        });
+        let mut p99s = Vec::new();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let mut elapsed = Duration::ZERO;
+                    for iteration in 0..iters {
+                        let start = Instant::now();
+                        // Alternate the order, so that neither always runs second.
+                        let (ours, deadpool) = if iteration % 2 == 0 {
+                            let ours = fair_p99(&ours).await;
+                            (ours, fair_p99(&deadpool).await)
+                        } else {
+                            let deadpool = fair_p99(&deadpool).await;
+                            (fair_p99(&ours).await, deadpool)
+                        };
+                        elapsed += start.elapsed();
+                        p99s.push((ours, deadpool));
+                    }
+                    elapsed
+                })
+            });
+        });
+        if !p99s.is_empty() {
+            rows.push((name, p99s));
+        }
+    }
+    group.finish();
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "
+fairness, paired: the p99 wait of a run of ours / of the run of deadpool next to it; \
+         median [p25, p75]; below 1 means ours waited less"
+    );
+    println!("| waits | p99 ours/deadpool | ours lower | median p99, ours / deadpool |");
+    println!("|---|---:|---:|---:|");
+    for (name, p99s) in rows {
+        let pairs = p99s.len();
+        let lower = p99s.iter().filter(|(ours, deadpool)| ours < deadpool).count();
+        let mut ratios: Vec<f64> = p99s.iter().map(|&(ours, dp)| ours as f64 / dp as f64).collect();
+        let mut ours: Vec<f64> = p99s.iter().map(|&(ours, _)| ours as f64 / 1000.0).collect();
+        let mut deadpool: Vec<f64> = p99s.iter().map(|&(_, dp)| dp as f64 / 1000.0).collect();
+        let (_, ours, _) = quartiles(&mut ours);
+        let (_, deadpool, _) = quartiles(&mut deadpool);
+        println!(
+            "| {name} | {} | {lower} of {pairs} pairs | {ours:.0} / {deadpool:.0} µs |",
+            spread(&mut ratios, 2)
+        );
+    }
+    println!();
+}
+
+/// One run of `fairness`; returns the p99 of its waits, in nanoseconds (nearest rank).
+async fn fair_p99<S: Subject>(pool: &S) -> u64 {
+    let mut waits = timed_batch(pool, FAIR_TASKS, FAIR_ROUNDS, Hold::Busy(FAIR_HOLD)).await;
+    waits.sort_unstable();
+    let rank = (waits.len() * 99).div_ceil(100);
+    waits[rank.saturating_sub(1)]
+}
+
 fn cold_burst(c: &mut Criterion) {
     let runtime = two_workers();
     let mut group = c.benchmark_group("cold_burst");
@@ -723,5 +803,5 @@ async fn timed<S: Subject>(pool: &S, tasks: usize, rounds: usize, hold: Hold) ->
     start.elapsed()
 }
 
-criterion_group!(benches, uncontended, contended, paired, fairness, cold_burst);
+criterion_group!(benches, uncontended, contended, paired, fairness, fairness_paired, cold_burst);
 criterion_main!(benches);
