@@ -70,14 +70,15 @@ fn json(path: PathBuf) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))
 }
 
-/// The measurement in a criterion `new` directory; `None` for the `paired` group, whose
-/// benchmark ids are cells, not implementations (it prints its own table of ratios).
+/// The measurement in a criterion `new` directory; `None` for the paired groups (`paired`,
+/// `fairness_paired`), whose benchmark ids are cells, not implementations, and which print
+/// their own tables of ratios.
 fn measurement(new: &Path) -> Result<Option<Measurement>, String> {
     let benchmark = json(new.join("benchmark.json"))?;
     let estimates = json(new.join("estimates.json"))?;
     let text = |key: &str| benchmark.get(key).and_then(Value::as_str).unwrap_or_default();
     let group = text("group_id");
-    if group == "paired" {
+    if group == "paired" || group.ends_with("_paired") {
         return Ok(None);
     }
     let value = text("value_str");
@@ -192,6 +193,29 @@ mod tests {
         assert_eq!(lines[2], "| cold | 3.00 ms | 1.50 µs | 2.50 ms | 1.20 |");
         assert_eq!(lines[3], "| uncontended | 100 ns | – | 200 ns | 0.50 |");
         assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn paired_groups_are_left_to_their_own_tables() {
+        let dir = std::env::temp_dir().join(format!("bench-table-{}", std::process::id()));
+        let read = |group: &str, function: &str| {
+            fs::create_dir_all(&dir).unwrap();
+            let benchmark = serde_json::json!({
+                "group_id": group, "function_id": function, "value_str": null,
+            });
+            fs::write(dir.join("benchmark.json"), benchmark.to_string()).unwrap();
+            let estimates = serde_json::json!({ "median": { "point_estimate": 81.5e6 } });
+            fs::write(dir.join("estimates.json"), estimates.to_string()).unwrap();
+            measurement(&dir).unwrap()
+        };
+        let fairness = read("fairness", "ours").expect("a group of implementations");
+        assert_eq!(
+            (fairness.cell.as_str(), fairness.implementation.as_str()),
+            ("fairness", "ours")
+        );
+        assert!(read("paired", "hold=none/W2xS1").is_none());
+        assert!(read("fairness_paired", "bounded").is_none());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
