@@ -15,6 +15,7 @@ use pool_core::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
 /// Instances are tasks of the test, each an HTTP server on a port of its own that answers
@@ -25,12 +26,25 @@ struct InlineBackend {
     reaps: AtomicU32,
     launched: AtomicU32,
     terminated: AtomicU32,
+    /// When set, each terminate first waits, up to [`TOGETHER_WAIT`], until this many have
+    /// begun; one that waited in vain counts in `terminated_alone`.
+    together: Option<Barrier>,
+    terminated_alone: AtomicU32,
 }
+
+/// How long a terminate waits for the others in [`InlineBackend::together`]: far longer than
+/// terminates started side by side can be apart.
+const TOGETHER_WAIT: Duration = Duration::from_secs(10);
 
 impl InlineBackend {
     /// A backend for a pool name of this test process's own, beginning with `prefix`, and a
     /// gateway builder for that pool name (and a state directory of its own).
     fn new(prefix: &str) -> (GatewayBuilder, Arc<Self>) {
+        Self::terminating_together(prefix, None)
+    }
+
+    /// [`InlineBackend::new`], whose terminates wait for `together` of them to have begun.
+    fn terminating_together(prefix: &str, together: Option<usize>) -> (GatewayBuilder, Arc<Self>) {
         let pool_name = PoolName::new(format!("{prefix}-{}", std::process::id())).unwrap();
         let builder = Gateway::builder()
             .pool_name(pool_name.as_str())
@@ -40,6 +54,8 @@ impl InlineBackend {
             reaps: AtomicU32::new(0),
             launched: AtomicU32::new(0),
             terminated: AtomicU32::new(0),
+            together: together.map(Barrier::new),
+            terminated_alone: AtomicU32::new(0),
         });
         (builder, backend)
     }
@@ -98,6 +114,11 @@ impl Backend for InlineBackend {
         instance: Instance<JoinHandle<()>>,
         _grace: Duration,
     ) -> Result<Termination, BackendError> {
+        if let Some(together) = &self.together
+            && tokio::time::timeout(TOGETHER_WAIT, together.wait()).await.is_err()
+        {
+            self.terminated_alone.fetch_add(1, Ordering::SeqCst);
+        }
         instance.details().abort();
         self.terminated.fetch_add(1, Ordering::SeqCst);
         Ok(Termination::Graceful)
@@ -248,6 +269,34 @@ async fn a_request_timeout_too_long_to_count_down_is_no_timeout() {
     }
     stop.send(()).unwrap();
     assert!(serving.await.unwrap().drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_of_all_functions_shut_down_side_by_side() {
+    // Each function's one instance can only finish stopping while the other's stops too: a
+    // gateway that shut its pools down one after the other would stop each alone.
+    let (builder, backend) = InlineBackend::terminating_together("library-together", Some(2));
+    let one = PoolConfig { min: 1, max: 1, ..PoolConfig::default() };
+    let gateway = ["hello", "bonjour"]
+        .into_iter()
+        .fold(builder, |builder, name| {
+            let name = FunctionName::new(name).unwrap();
+            builder.custom_function(name, one.clone(), backend.clone(), "hi".to_owned())
+        })
+        .start()
+        .await
+        .expect("the gateway starts");
+    while backend.launched.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let destroyed = gateway.shutdown_pools(Duration::from_secs(5)).await;
+    assert_eq!(destroyed, 2);
+    assert_eq!(backend.terminated.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        backend.terminated_alone.load(Ordering::SeqCst),
+        0,
+        "a pool's instance stopped while the other pool's waited its turn"
+    );
 }
 
 #[tokio::test]
