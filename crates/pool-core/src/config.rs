@@ -57,7 +57,9 @@ pub struct PoolConfig {
     /// Creates running at once. Default 4.
     pub max_concurrent_creates: usize,
     /// The pause before the next create after one failure; it doubles with each further
-    /// consecutive failure up to `create_backoff_max`, and resets on a success. Default 100 ms.
+    /// consecutive failure up to `create_backoff_max`, and resets on a success. Must be longer
+    /// than zero: without a pause, a manager that fails at once (a daemon that refuses the
+    /// connection) would be called again as fast as it fails. Default 100 ms.
     #[serde(with = "humantime_serde")]
     pub create_backoff: Duration,
     /// The longest pause between creates after repeated failures. Default 30 s.
@@ -139,6 +141,7 @@ impl PoolConfig {
         let nonzero = [
             ("acquire_timeout", self.acquire_timeout),
             ("create_timeout", Some(self.create_timeout)),
+            ("create_backoff", Some(self.create_backoff)),
             ("health_check_timeout", Some(self.health_check_timeout)),
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
@@ -274,6 +277,10 @@ mod tests {
             (
                 PoolConfig { idle_timeout: Some(Duration::ZERO), ..PoolConfig::default() },
                 "`idle_timeout` must be longer than zero",
+            ),
+            (
+                PoolConfig { create_backoff: Duration::ZERO, ..PoolConfig::default() },
+                "`create_backoff` must be longer than zero",
             ),
             (
                 PoolConfig { create_backoff: Duration::from_secs(60), ..PoolConfig::default() },
