@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::ManagerPanic;
+use crate::error::{ManagerError, ManagerPanic};
 use crate::status::InstanceId;
 
 /// Creates, checks and destroys the instances of one [`Pool`](crate::Pool).
@@ -68,6 +68,22 @@ pub(crate) async fn guarded<T>(
         Err(payload) => Poll::Ready(Err(ManagerPanic { method, message: message(&*payload) })),
     })
     .await
+}
+
+/// [`guarded`] for a method that can fail: its error and its panic both come back as the
+/// [`ManagerError`] the pool reports.
+pub(crate) async fn guarded_fallible<T, E>(
+    method: &'static str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, ManagerError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match guarded(method, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(ManagerError::new(error)),
+        Err(panic) => Err(ManagerError::new(panic)),
+    }
 }
 
 /// The message of a panic's payload: `panic!` makes a `&str` or a `String`.

@@ -15,10 +15,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{PoolConfig, validate_size};
-use crate::error::{Error, ManagerError, Result};
+use crate::error::{Error, Result};
 use crate::lease::Lease;
 use crate::mailbox::Mailbox;
-use crate::manager::{Manager, guarded};
+use crate::manager::{Manager, guarded, guarded_fallible};
 use crate::state::{Delivery, Effects, Grant, Priority, RareEffects, Returned, State, WaiterId};
 use crate::status::{InstanceId, InstanceStatus, PoolEvent, PoolStatus};
 
@@ -309,22 +309,15 @@ impl<M: Manager> Inner<M> {
     async fn create_one(self: Arc<Self>) {
         let timeout = self.timings.create_timeout;
         let id = InstanceId(self.next_instance.fetch_add(1, Ordering::Relaxed));
-        let result =
-            tokio::time::timeout(timeout, guarded("create", self.manager.create(id))).await;
+        let create = guarded_fallible("create", self.manager.create(id));
+        let result = tokio::time::timeout(timeout, create).await;
         let now = Instant::now();
         let mut effects = Effects::default();
         {
             let mut state = self.lock();
             match result {
-                Ok(Ok(Ok(instance))) => state.created(id, instance, now, &mut effects),
-                Ok(Ok(Err(error))) => {
-                    let error = Error::Create(ManagerError::new(error));
-                    state.create_failed(error, now, &mut effects);
-                }
-                Ok(Err(panic)) => {
-                    let error = Error::Create(ManagerError::new(panic));
-                    state.create_failed(error, now, &mut effects);
-                }
+                Ok(Ok(instance)) => state.created(id, instance, now, &mut effects),
+                Ok(Err(error)) => state.create_failed(Error::Create(error), now, &mut effects),
                 Err(_) => state.create_failed(Error::CreateTimeout { timeout }, now, &mut effects),
             }
         }
@@ -334,11 +327,10 @@ impl<M: Manager> Inner<M> {
 
     async fn check_one(self: Arc<Self>, slot: u32, instance: Arc<M::Instance>) {
         let timeout = self.timings.health_check_timeout;
-        let check = guarded("check", self.manager.check(&instance));
+        let check = guarded_fallible("check", self.manager.check(&instance));
         let failure = match tokio::time::timeout(timeout, check).await {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(error))) => Some(error.to_string()),
-            Ok(Err(panic)) => Some(panic.to_string()),
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
             Err(_) => Some(format!("the health check took longer than {timeout:?}")),
         };
         drop(instance);
