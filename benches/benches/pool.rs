@@ -597,15 +597,15 @@ fn fairness_paired(c: &mut Criterion) {
                     for iteration in 0..iters {
                         let start = Instant::now();
                         // Alternate the order, so that neither always runs second.
-                        let (ours, deadpool) = if iteration % 2 == 0 {
-                            let ours = fair_p99(&ours).await;
-                            (ours, fair_p99(&deadpool).await)
+                        let pair = if iteration % 2 == 0 {
+                            let first = fair_p99(&ours).await;
+                            (first, fair_p99(&deadpool).await)
                         } else {
-                            let deadpool = fair_p99(&deadpool).await;
-                            (fair_p99(&ours).await, deadpool)
+                            let first = fair_p99(&deadpool).await;
+                            (fair_p99(&ours).await, first)
                         };
                         elapsed += start.elapsed();
-                        p99s.push((ours, deadpool));
+                        p99s.push(pair);
                     }
                     elapsed
                 })
@@ -620,8 +620,7 @@ fn fairness_paired(c: &mut Criterion) {
         return;
     }
     println!(
-        "
-fairness, paired: the p99 wait of a run of ours / of the run of deadpool next to it; \
+        "\nfairness, paired: the p99 wait of a run of ours / of the run of deadpool next to it; \
          median [p25, p75]; below 1 means ours waited less"
     );
     println!("| waits | p99 ours/deadpool | ours lower | median p99, ours / deadpool |");
@@ -630,10 +629,12 @@ fairness, paired: the p99 wait of a run of ours / of the run of deadpool next to
         let pairs = p99s.len();
         let lower = p99s.iter().filter(|(ours, deadpool)| ours < deadpool).count();
         let mut ratios: Vec<f64> = p99s.iter().map(|&(ours, dp)| ours as f64 / dp as f64).collect();
-        let mut ours: Vec<f64> = p99s.iter().map(|&(ours, _)| ours as f64 / 1000.0).collect();
-        let mut deadpool: Vec<f64> = p99s.iter().map(|&(_, dp)| dp as f64 / 1000.0).collect();
-        let (_, ours, _) = quartiles(&mut ours);
-        let (_, deadpool, _) = quartiles(&mut deadpool);
+        // The median p99 of one side, in microseconds.
+        let median = |side: fn(&(u64, u64)) -> u64| {
+            let mut micros: Vec<f64> = p99s.iter().map(|pair| side(pair) as f64 / 1000.0).collect();
+            quartiles(&mut micros).1
+        };
+        let (ours, deadpool) = (median(|pair| pair.0), median(|pair| pair.1));
         println!(
             "| {name} | {} | {lower} of {pairs} pairs | {ours:.0} / {deadpool:.0} µs |",
             spread(&mut ratios, 2)
