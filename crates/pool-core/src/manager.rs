@@ -48,6 +48,10 @@ pub trait Manager: Send + Sync + 'static {
 
     /// Tears an instance down: ask it to stop, give it `grace` to do so, then force it.
     /// The default drops it.
+    ///
+    /// The pool does not cut a destroy short — cancelling it could leave the instance behind —
+    /// and [`Pool::shutdown`](crate::Pool::shutdown) returns only once every destroy has: a
+    /// destroy must end on its own, bounding whatever it waits for after `grace`.
     async fn destroy(&self, instance: Self::Instance, grace: Duration) {
         let _ = grace;
         drop(instance);

@@ -201,7 +201,8 @@ impl<M: Manager> Pool<M> {
 
     /// Shuts the pool down: refuses new acquires and fails waiting ones, waits up to `deadline`
     /// for outstanding leases, and destroys every instance concurrently, each with the
-    /// configured grace period. Leases still held at the deadline are counted as abandoned and
+    /// configured grace period; it returns when every destroy has returned (see
+    /// [`Manager::destroy`]). Leases still held at the deadline are counted as abandoned and
     /// their instances destroyed when they return. A `deadline` too long to add to the present
     /// moment waits for every lease. Calling it again waits again.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
