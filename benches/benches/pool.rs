@@ -22,7 +22,8 @@
 //! - `paired/hold=<none|yield>/W<tasks>xS<size>`: the `contended` workload again, with ours,
 //!   deadpool and bb8 timed in alternation batch after batch so that the machine's drift hits
 //!   all alike, and ours and deadpool unbounded in the same alternation; the report is the table
-//!   printed after the group: the median ratio ours/peer of paired batches, with its quartiles.
+//!   printed after the group: the median ratio ours/peer of paired batches, with its quartiles,
+//!   both bounded, both unbounded, and with each pool's default (ours bounded, deadpool not).
 //!   This is the table docs/performance.md quotes.
 //! - `fairness/<impl>`: 64 tasks, 4 objects, 50 checkouts each, each holding its object for
 //!   100 µs. The hold yields in a loop until 100 µs have passed rather than sleeping (tokio's
@@ -30,8 +31,8 @@
 //!   two objects would ever be in use). Criterion times a whole run (3 200 checkouts; 80 ms is
 //!   the ideal); the report is the table printed after the group: p50, p99 and max of the wait
 //!   of every checkout, from calling get to holding the object, over all runs.
-//! - `fairness_paired/<bounded|unbounded>`: the `fairness` run again, ours and deadpool in
-//!   alternation run after run; the report is the table printed after the group: the ratio of
+//! - `fairness_paired/<bounded|unbounded|defaults>`: the `fairness` run again, ours and deadpool
+//!   in alternation run after run (`defaults`: ours bounded, deadpool not); the report is the table printed after the group: the ratio of
 //!   the p99 waits of paired runs, ours/deadpool, median and quartiles, and how often ours was
 //!   the lower. This is the fairness figure docs/performance.md quotes.
 //! - `cold_burst/<impl>`: an empty pool of at most 8, creates costing 1 ms (a tokio sleep),
@@ -574,19 +575,26 @@ fn fairness_one<S, F>(
 }
 
 /// `fairness` again, ours and deadpool in alternation, run after run, so that the machine's
-/// drift hits both alike; bounded and unbounded. The report is the table printed after the
-/// group: per pair of runs, the ratio of their p99 waits, ours/deadpool, as a median with its
-/// quartiles, and how often ours was the lower.
+/// drift hits both alike; both bounded, neither, and each at its default. The report is the
+/// table printed after the group: per pair of runs, the ratio of their p99 waits,
+/// ours/deadpool, as a median with its quartiles, and how often ours was the lower.
 fn fairness_paired(c: &mut Criterion) {
     let runtime = two_workers();
     let mut group = c.benchmark_group("fairness_paired");
     short(&mut group, 10, 200, 12000);
     group.sampling_mode(SamplingMode::Flat);
     let mut rows = Vec::new();
-    for wait in [Some(WAIT_BOUND), None] {
-        let name = if wait.is_some() { "bounded" } else { "unbounded" };
+    // Both bounded, neither bounded, and each pool with its own default: ours bounded,
+    // deadpool not.
+    let readings = [
+        ("bounded", Some(WAIT_BOUND), Some(WAIT_BOUND)),
+        ("unbounded", None, None),
+        ("defaults", Some(WAIT_BOUND), None),
+    ];
+    for (name, our_wait, deadpool_wait) in readings {
         let (ours, deadpool) = runtime.block_on(async {
-            (prefilled_ours(FAIR_SIZE, wait).await, prefilled_deadpool(FAIR_SIZE, wait).await)
+            let ours = prefilled_ours(FAIR_SIZE, our_wait).await;
+            (ours, prefilled_deadpool(FAIR_SIZE, deadpool_wait).await)
         });
         let mut p99s = Vec::new();
         group.bench_function(name, |b| {
@@ -620,7 +628,8 @@ fn fairness_paired(c: &mut Criterion) {
     }
     println!(
         "\nfairness, paired: the p99 wait of a run of ours / of the run of deadpool next to it; \
-         median [p25, p75]; below 1 means ours waited less"
+         median [p25, p75]; below 1 means ours waited less; defaults: ours bounded at \
+         {WAIT_BOUND:?}, deadpool unbounded"
     );
     println!("| waits | p99 ours/deadpool | ours lower | median p99, ours / deadpool |");
     println!("|---|---:|---:|---:|");
@@ -749,6 +758,7 @@ fn paired(c: &mut Criterion) {
             let mut vs_deadpool = Vec::new();
             let mut vs_bb8 = Vec::new();
             let mut unbounded = Vec::new();
+            let mut defaults = Vec::new();
             group.bench_function(&cell, |b| {
                 b.iter_custom(|iters| {
                     runtime.block_on(async {
@@ -773,6 +783,7 @@ fn paired(c: &mut Criterion) {
                             vs_deadpool.push(ratio(0, 1));
                             vs_bb8.push(ratio(0, 2));
                             unbounded.push(ratio(3, 4));
+                            defaults.push(ratio(0, 4));
                             total += times[0];
                         }
                         total / CONTENDED_TOTAL as u32
@@ -781,8 +792,8 @@ fn paired(c: &mut Criterion) {
             });
             if !vs_deadpool.is_empty() {
                 let pairs = vs_deadpool.len();
-                let spreads =
-                    [&mut vs_deadpool, &mut vs_bb8, &mut unbounded].map(|ratios| spread(ratios, 2));
+                let spreads = [&mut vs_deadpool, &mut vs_bb8, &mut unbounded, &mut defaults]
+                    .map(|ratios| spread(ratios, 2));
                 rows.push((cell, spreads, pairs));
             }
         }
@@ -793,12 +804,16 @@ fn paired(c: &mut Criterion) {
     }
     println!(
         "\npaired: ours / peer per batch of {CONTENDED_TOTAL} checkouts; median [p25, p75]; below 1 \
-         means ours is faster; waits bounded at {WAIT_BOUND:?} but in the last column"
+         means ours is faster; waits bounded at {WAIT_BOUND:?} but where the column says; \
+         defaults: ours bounded, deadpool unbounded, as each pool is by default"
     );
-    println!("| cell | ours/deadpool | ours/bb8 | unbounded ours/deadpool | pairs |");
-    println!("|---|---:|---:|---:|---:|");
-    for (cell, [deadpool, bb8, unbounded], pairs) in rows {
-        println!("| {cell} | {deadpool} | {bb8} | {unbounded} | {pairs} |");
+    println!(
+        "| cell | ours/deadpool | ours/bb8 | unbounded ours/deadpool | defaults ours/deadpool \
+         | pairs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (cell, [deadpool, bb8, unbounded, defaults], pairs) in rows {
+        println!("| {cell} | {deadpool} | {bb8} | {unbounded} | {defaults} | {pairs} |");
     }
     println!();
 }
