@@ -31,10 +31,12 @@
 //!   two objects would ever be in use). Criterion times a whole run (3 200 checkouts; 80 ms is
 //!   the ideal); the report is the table printed after the group: p50, p99 and max of the wait
 //!   of every checkout, from calling get to holding the object, over all runs.
-//! - `fairness_paired/<bounded|unbounded|defaults>`: the `fairness` run again, ours and deadpool
-//!   in alternation run after run (`defaults`: ours bounded, deadpool not); the report is the table printed after the group: the ratio of
-//!   the p99 waits of paired runs, ours/deadpool, median and quartiles, and how often ours was
-//!   the lower. This is the fairness figure docs/performance.md quotes.
+//! - `fairness_paired/rounds`: the `fairness` run again, ours and deadpool, each bounded and
+//!   unbounded, in alternation round after round; the report is the table printed after the
+//!   group: for both bounded, both unbounded and each at its default (ours bounded, deadpool
+//!   not), the ratio of the p99 waits of runs from one round, ours/deadpool, median and
+//!   quartiles, and how often ours was the lower. This is the fairness figure
+//!   docs/performance.md quotes.
 //! - `cold_burst/<impl>`: an empty pool of at most 8, creates costing 1 ms (a tokio sleep),
 //!   64 tasks acquiring at once (each holds across one `yield_now`): the time until all 64 were
 //!   served, on a fresh pool every iteration. Our pool may run 8 creates at once, like the
@@ -574,78 +576,79 @@ fn fairness_one<S, F>(
     }
 }
 
-/// `fairness` again, ours and deadpool in alternation, run after run, so that the machine's
-/// drift hits both alike; both bounded, neither, and each at its default. The report is the
-/// table printed after the group: per pair of runs, the ratio of their p99 waits,
-/// ours/deadpool, as a median with its quartiles, and how often ours was the lower.
+/// `fairness` again, with ours and deadpool, each bounded and unbounded, in alternation run
+/// after run, so that the machine's drift hits all alike. The report is the table printed after
+/// the group, for both bounded, neither, and each at its default (ours bounded, deadpool not):
+/// per pair of runs from one round, the ratio of their p99 waits, ours/deadpool, as a median
+/// with its quartiles, and how often ours was the lower.
 fn fairness_paired(c: &mut Criterion) {
     let runtime = two_workers();
     let mut group = c.benchmark_group("fairness_paired");
-    short(&mut group, 10, 200, 12000);
+    short(&mut group, 10, 200, 27000);
     group.sampling_mode(SamplingMode::Flat);
-    let mut rows = Vec::new();
-    // Both bounded, neither bounded, and each pool with its own default: ours bounded,
-    // deadpool not.
-    let readings = [
-        ("bounded", Some(WAIT_BOUND), Some(WAIT_BOUND)),
-        ("unbounded", None, None),
-        ("defaults", Some(WAIT_BOUND), None),
-    ];
-    for (name, our_wait, deadpool_wait) in readings {
-        let (ours, deadpool) = runtime.block_on(async {
-            let ours = prefilled_ours(FAIR_SIZE, our_wait).await;
-            (ours, prefilled_deadpool(FAIR_SIZE, deadpool_wait).await)
-        });
-        let mut p99s = Vec::new();
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let mut elapsed = Duration::ZERO;
-                    for iteration in 0..iters {
-                        let start = Instant::now();
-                        // Alternate the order, so that neither always runs second.
-                        let pair = if iteration % 2 == 0 {
-                            let first = fair_p99(&ours).await;
-                            (first, fair_p99(&deadpool).await)
-                        } else {
-                            let first = fair_p99(&deadpool).await;
-                            (fair_p99(&ours).await, first)
+    let pools = runtime.block_on(async {
+        (
+            prefilled_ours(FAIR_SIZE, Some(WAIT_BOUND)).await,
+            prefilled_deadpool(FAIR_SIZE, Some(WAIT_BOUND)).await,
+            prefilled_ours(FAIR_SIZE, None).await,
+            prefilled_deadpool(FAIR_SIZE, None).await,
+        )
+    });
+    // The p99 of each pool's run, round after round, in the order of `pools`.
+    let mut rounds: Vec<[u64; 4]> = Vec::new();
+    group.bench_function("rounds", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let (ours, deadpool, ours_unbounded, deadpool_unbounded) = &pools;
+                let mut elapsed = Duration::ZERO;
+                for iteration in 0..iters {
+                    let start = Instant::now();
+                    let mut p99s = [0; 4];
+                    for turn in 0..p99s.len() {
+                        // Alternate the order, so that none always runs first.
+                        let pool = if iteration % 2 == 0 { turn } else { 3 - turn };
+                        p99s[pool] = match pool {
+                            0 => fair_p99(ours).await,
+                            1 => fair_p99(deadpool).await,
+                            2 => fair_p99(ours_unbounded).await,
+                            _ => fair_p99(deadpool_unbounded).await,
                         };
-                        elapsed += start.elapsed();
-                        p99s.push(pair);
                     }
-                    elapsed
-                })
-            });
+                    elapsed += start.elapsed();
+                    rounds.push(p99s);
+                }
+                elapsed
+            })
         });
-        if !p99s.is_empty() {
-            rows.push((name, p99s));
-        }
-    }
+    });
     group.finish();
-    if rows.is_empty() {
+    if rounds.is_empty() {
         return;
     }
     println!(
-        "\nfairness, paired: the p99 wait of a run of ours / of the run of deadpool next to it; \
-         median [p25, p75]; below 1 means ours waited less; defaults: ours bounded at \
+        "\nfairness, paired: the p99 wait of a run of ours / of the run of deadpool in the same \
+         round; median [p25, p75]; below 1 means ours waited less; defaults: ours bounded at \
          {WAIT_BOUND:?}, deadpool unbounded"
     );
     println!("| waits | p99 ours/deadpool | ours lower | median p99, ours / deadpool |");
     println!("|---|---:|---:|---:|");
-    for (name, p99s) in rows {
-        let pairs = p99s.len();
-        let lower = p99s.iter().filter(|(ours, deadpool)| ours < deadpool).count();
-        let mut ratios: Vec<f64> = p99s.iter().map(|&(ours, dp)| ours as f64 / dp as f64).collect();
+    // Which of the round's runs each row compares: (ours, deadpool).
+    for (name, ours, deadpool) in [("bounded", 0, 1), ("unbounded", 2, 3), ("defaults", 0, 3)] {
+        let pairs = rounds.len();
+        let lower = rounds.iter().filter(|p99s| p99s[ours] < p99s[deadpool]).count();
+        let mut ratios: Vec<f64> =
+            rounds.iter().map(|p99s| p99s[ours] as f64 / p99s[deadpool] as f64).collect();
         // The median p99 of one side, in microseconds.
-        let median = |side: fn(&(u64, u64)) -> u64| {
-            let mut micros: Vec<f64> = p99s.iter().map(|pair| side(pair) as f64 / 1000.0).collect();
+        let median = |side: usize| {
+            let mut micros: Vec<f64> =
+                rounds.iter().map(|p99s| p99s[side] as f64 / 1000.0).collect();
             quartiles(&mut micros).1
         };
-        let (ours, deadpool) = (median(|pair| pair.0), median(|pair| pair.1));
         println!(
-            "| {name} | {} | {lower} of {pairs} pairs | {ours:.0} / {deadpool:.0} µs |",
-            spread(&mut ratios, 2)
+            "| {name} | {} | {lower} of {pairs} pairs | {:.0} / {:.0} µs |",
+            spread(&mut ratios, 2),
+            median(ours),
+            median(deadpool)
         );
     }
     println!();
