@@ -605,8 +605,7 @@ fn fairness_paired(c: &mut Criterion) {
                     let start = Instant::now();
                     let mut p99s = [0; 4];
                     for turn in 0..p99s.len() {
-                        // Alternate the order, so that none always runs first.
-                        let pool = if iteration % 2 == 0 { turn } else { 3 - turn };
+                        let pool = turn_order(iteration, turn, p99s.len());
                         p99s[pool] = match pool {
                             0 => fair_p99(ours).await,
                             1 => fair_p99(deadpool).await,
@@ -632,9 +631,9 @@ fn fairness_paired(c: &mut Criterion) {
     );
     println!("| waits | p99 ours/deadpool | ours lower | median p99, ours / deadpool |");
     println!("|---|---:|---:|---:|");
+    let pairs = rounds.len();
     // Which of the round's runs each row compares: (ours, deadpool).
     for (name, ours, deadpool) in [("bounded", 0, 1), ("unbounded", 2, 3), ("defaults", 0, 3)] {
-        let pairs = rounds.len();
         let lower = rounds.iter().filter(|p99s| p99s[ours] < p99s[deadpool]).count();
         let mut ratios: Vec<f64> =
             rounds.iter().map(|p99s| p99s[ours] as f64 / p99s[deadpool] as f64).collect();
@@ -738,6 +737,11 @@ fn cold_one<S, F>(
 /// `contended` again, with our pool and each peer timed in alternation, batch after batch, so
 /// that the machine's drift (shared cores, frequency, other load) hits both sides alike; the
 /// report is the median ratio of paired batches, with its quartiles.
+/// The columns of the `paired` table: which of a round's batches each divides, (ours, peer),
+/// as the pools are listed in `paired`: ours bounded against deadpool bounded and against bb8,
+/// ours unbounded against deadpool unbounded, ours bounded against deadpool unbounded.
+const PAIRED_COLUMNS: [(usize, usize); 4] = [(0, 1), (0, 2), (3, 4), (0, 4)];
+
 fn paired(c: &mut Criterion) {
     let runtime = two_workers();
     let mut group = c.benchmark_group("paired");
@@ -758,20 +762,17 @@ fn paired(c: &mut Criterion) {
                     prefilled_deadpool(size, None).await,
                 )
             });
-            let mut vs_deadpool = Vec::new();
-            let mut vs_bb8 = Vec::new();
-            let mut unbounded = Vec::new();
-            let mut defaults = Vec::new();
+            // One list of ratios per column of the table, in the order of `PAIRED_COLUMNS`.
+            let mut columns: [Vec<f64>; 4] = Default::default();
             group.bench_function(&cell, |b| {
                 b.iter_custom(|iters| {
                     runtime.block_on(async {
                         let (ours, deadpool, bb8, ours_unbounded, deadpool_unbounded) = &pools;
                         let mut total = Duration::ZERO;
                         for iteration in 0..iters {
-                            // Alternate the order, so that none always runs on a warm cache.
                             let mut times = [Duration::ZERO; 5];
                             for turn in 0..times.len() {
-                                let pool = if iteration % 2 == 0 { turn } else { 4 - turn };
+                                let pool = turn_order(iteration, turn, times.len());
                                 times[pool] = match pool {
                                     0 => timed(ours, tasks, rounds, hold).await,
                                     1 => timed(deadpool, tasks, rounds, hold).await,
@@ -780,23 +781,18 @@ fn paired(c: &mut Criterion) {
                                     _ => timed(deadpool_unbounded, tasks, rounds, hold).await,
                                 };
                             }
-                            let ratio = |a: usize, b: usize| {
-                                times[a].as_secs_f64() / times[b].as_secs_f64()
-                            };
-                            vs_deadpool.push(ratio(0, 1));
-                            vs_bb8.push(ratio(0, 2));
-                            unbounded.push(ratio(3, 4));
-                            defaults.push(ratio(0, 4));
+                            for (ratios, (ours, peer)) in columns.iter_mut().zip(PAIRED_COLUMNS) {
+                                ratios.push(times[ours].as_secs_f64() / times[peer].as_secs_f64());
+                            }
                             total += times[0];
                         }
                         total / CONTENDED_TOTAL as u32
                     })
                 });
             });
-            if !vs_deadpool.is_empty() {
-                let pairs = vs_deadpool.len();
-                let spreads = [&mut vs_deadpool, &mut vs_bb8, &mut unbounded, &mut defaults]
-                    .map(|ratios| spread(ratios, 2));
+            let pairs = columns[0].len();
+            if pairs > 0 {
+                let spreads = columns.map(|mut ratios| spread(&mut ratios, 2));
                 rows.push((cell, spreads, pairs));
             }
         }
@@ -819,6 +815,12 @@ fn paired(c: &mut Criterion) {
         println!("| {cell} | {deadpool} | {bb8} | {unbounded} | {defaults} | {pairs} |");
     }
     println!();
+}
+
+/// Which pool runs at `turn` of round `iteration`, among `pools` timed in alternation: forward in
+/// even rounds, backward in odd ones, so that none always runs first or on a warm cache.
+fn turn_order(iteration: u64, turn: usize, pools: usize) -> usize {
+    if iteration.is_multiple_of(2) { turn } else { pools - 1 - turn }
 }
 
 /// One batch of `contended`, timed.
