@@ -734,14 +734,14 @@ fn cold_one<S, F>(
     });
 }
 
-/// `contended` again, with our pool and each peer timed in alternation, batch after batch, so
-/// that the machine's drift (shared cores, frequency, other load) hits both sides alike; the
-/// report is the median ratio of paired batches, with its quartiles.
 /// The columns of the `paired` table: which of a round's batches each divides, (ours, peer),
 /// as the pools are listed in `paired`: ours bounded against deadpool bounded and against bb8,
 /// ours unbounded against deadpool unbounded, ours bounded against deadpool unbounded.
 const PAIRED_COLUMNS: [(usize, usize); 4] = [(0, 1), (0, 2), (3, 4), (0, 4)];
 
+/// `contended` again, with our pool and each peer timed in alternation, batch after batch, so
+/// that the machine's drift (shared cores, frequency, other load) hits both sides alike; the
+/// report is the median ratio of paired batches, with its quartiles.
 fn paired(c: &mut Criterion) {
     let runtime = two_workers();
     let mut group = c.benchmark_group("paired");
