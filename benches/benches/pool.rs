@@ -603,16 +603,15 @@ fn fairness_paired(c: &mut Criterion) {
                 let mut elapsed = Duration::ZERO;
                 for iteration in 0..iters {
                     let start = Instant::now();
-                    let mut p99s = [0; 4];
-                    for turn in 0..p99s.len() {
-                        let pool = turn_order(iteration, turn, p99s.len());
-                        p99s[pool] = match pool {
+                    let p99s = round(iteration, |pool| async move {
+                        match pool {
                             0 => fair_p99(ours).await,
                             1 => fair_p99(deadpool).await,
                             2 => fair_p99(ours_unbounded).await,
                             _ => fair_p99(deadpool_unbounded).await,
-                        };
-                    }
+                        }
+                    })
+                    .await;
                     elapsed += start.elapsed();
                     rounds.push(p99s);
                 }
@@ -770,17 +769,16 @@ fn paired(c: &mut Criterion) {
                         let (ours, deadpool, bb8, ours_unbounded, deadpool_unbounded) = &pools;
                         let mut total = Duration::ZERO;
                         for iteration in 0..iters {
-                            let mut times = [Duration::ZERO; 5];
-                            for turn in 0..times.len() {
-                                let pool = turn_order(iteration, turn, times.len());
-                                times[pool] = match pool {
+                            let times: [Duration; 5] = round(iteration, |pool| async move {
+                                match pool {
                                     0 => timed(ours, tasks, rounds, hold).await,
                                     1 => timed(deadpool, tasks, rounds, hold).await,
                                     2 => timed(bb8, tasks, rounds, hold).await,
                                     3 => timed(ours_unbounded, tasks, rounds, hold).await,
                                     _ => timed(deadpool_unbounded, tasks, rounds, hold).await,
-                                };
-                            }
+                                }
+                            })
+                            .await;
                             for (ratios, (ours, peer)) in columns.iter_mut().zip(PAIRED_COLUMNS) {
                                 ratios.push(times[ours].as_secs_f64() / times[peer].as_secs_f64());
                             }
@@ -817,10 +815,20 @@ fn paired(c: &mut Criterion) {
     println!();
 }
 
-/// Which pool runs at `turn` of round `iteration`, among `pools` timed in alternation: forward in
-/// even rounds, backward in odd ones, so that none always runs first or on a warm cache.
-fn turn_order(iteration: u64, turn: usize, pools: usize) -> usize {
-    if iteration.is_multiple_of(2) { turn } else { pools - 1 - turn }
+/// One round of pools timed in alternation: `run(pool)` for each of the `N` pools, forward in
+/// even rounds and backward in odd ones, so that none always runs first or on a warm cache.
+/// The results come back in pool order.
+async fn round<T, const N: usize, F>(iteration: u64, mut run: impl FnMut(usize) -> F) -> [T; N]
+where
+    T: Copy + Default,
+    F: Future<Output = T>,
+{
+    let mut results = [T::default(); N];
+    for turn in 0..N {
+        let pool = if iteration.is_multiple_of(2) { turn } else { N - 1 - turn };
+        results[pool] = run(pool).await;
+    }
+    results
 }
 
 /// One batch of `contended`, timed.
