@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -52,14 +52,10 @@ impl<M: Manager> Drop for Handle<M> {
 
 /// The shared core: leases, create and destroy tasks hold it too.
 ///
-/// `repr(C)` keeps the hint, the lock and the front of the state (see [`State`]) together,
-/// right after the reference counts that every lease changes.
+/// `repr(C)` keeps the lock and the front of the state (see [`State`]) together, right after
+/// the reference counts that every lease changes, and [`Inner::someone_waits`] away from them.
 #[repr(C)]
 pub(crate) struct Inner<M: Manager> {
-    /// How many acquires wait, as each unlock leaves it (see [`StateGuard`]). While some do,
-    /// acquires (which will queue) and releases (which will serve one) read the clock before
-    /// taking the lock.
-    waiting_hint: AtomicUsize,
     state: Mutex<State<M::Instance>>,
     pub(crate) manager: M,
     events: broadcast::Sender<PoolEvent>,
@@ -71,6 +67,12 @@ pub(crate) struct Inner<M: Manager> {
     clock_on_acquire: bool,
     /// Whether releases read the clock (for `idle_timeout` or `max_lifetime`).
     clock_on_release: bool,
+    /// Whether acquires wait, as the last unlock left it (see [`StateGuard`]). While some do,
+    /// acquires (which will queue) and releases (which will serve one) read the clock before
+    /// taking the lock. It sits among fields that do not change, and changes only when the
+    /// queue empties or stops being empty, so that reading it before locking finds it in the
+    /// reader's cache instead of taking a line from the other worker.
+    waiters_present: AtomicBool,
     /// The config's fixed timings, readable without the lock.
     timings: Timings,
     /// The id of the next instance to create; ids are handed out as creates start.
@@ -129,7 +131,7 @@ impl<M: Manager> Pool<M> {
             changed: Notify::new(),
             clock_on_acquire,
             clock_on_release,
-            waiting_hint: AtomicUsize::new(0),
+            waiters_present: AtomicBool::new(false),
             timings,
             next_instance: AtomicU64::new(0),
             runtime,
@@ -341,13 +343,14 @@ impl<M: Manager> Inner<M> {
         self.changed.notify_waiters();
     }
 
-    /// Locks the state; unlocking publishes how many acquires wait.
+    /// Locks the state; unlocking publishes whether acquires wait.
     pub(crate) fn lock(&self) -> StateGuard<'_, M::Instance> {
-        StateGuard { guard: self.state.lock(), hint: &self.waiting_hint }
+        StateGuard { guard: self.state.lock(), waiters_present: &self.waiters_present }
     }
 
+    /// Whether acquires waited at the last unlock: a hint, read without the lock.
     fn someone_waits(&self) -> bool {
-        self.waiting_hint.load(Ordering::Relaxed) > 0
+        self.waiters_present.load(Ordering::Relaxed)
     }
 
     /// A lease came back.
@@ -398,11 +401,11 @@ impl<M: Manager> Inner<M> {
     }
 }
 
-/// The pool's state, locked; dropping it publishes the number of waiting acquires for
-/// [`Inner::someone_waits`] and unlocks.
+/// The pool's state, locked; dropping it publishes whether acquires wait, for
+/// [`Inner::someone_waits`], and unlocks.
 pub(crate) struct StateGuard<'a, T> {
     guard: parking_lot::MutexGuard<'a, State<T>>,
-    hint: &'a AtomicUsize,
+    waiters_present: &'a AtomicBool,
 }
 
 impl<T> std::ops::Deref for StateGuard<'_, T> {
@@ -421,7 +424,11 @@ impl<T> std::ops::DerefMut for StateGuard<'_, T> {
 
 impl<T> Drop for StateGuard<'_, T> {
     fn drop(&mut self) {
-        self.hint.store(self.guard.waiting(), Ordering::Relaxed);
+        // Stored only when it changes: every store takes the line from the other worker.
+        let present = self.guard.waiting() > 0;
+        if self.waiters_present.load(Ordering::Relaxed) != present {
+            self.waiters_present.store(present, Ordering::Relaxed);
+        }
     }
 }
 
