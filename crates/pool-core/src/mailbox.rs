@@ -37,6 +37,7 @@ impl<T> Mailbox<T> {
 
     /// Hands the outcome to the waiting acquire and wakes it; gives the grant back when the
     /// acquire is gone.
+    #[inline]
     pub(crate) fn deliver(&self, outcome: Result<Grant<T>>) -> Option<Grant<T>> {
         let waker = {
             let mut slot = self.slot.lock();
@@ -53,6 +54,7 @@ impl<T> Mailbox<T> {
     }
 
     /// The outcome once it is there; until then remembers `waker`.
+    #[inline]
     pub(crate) fn poll(&self, waker: &Waker) -> Option<Result<Grant<T>>> {
         let mut slot = self.slot.lock();
         if let Some(outcome) = slot.outcome.take() {
@@ -92,6 +94,7 @@ impl<T> Default for Mailboxes<T> {
 
 impl<T> Mailboxes<T> {
     /// Lends a mailbox for a new wait, waking `waker` when its outcome arrives.
+    #[inline]
     pub(crate) fn lend(&mut self, waker: Waker) -> Arc<Mailbox<T>> {
         match self.spare.take().or_else(|| self.free.pop()) {
             Some(mut mailbox) => {
@@ -108,6 +111,7 @@ impl<T> Mailboxes<T> {
     }
 
     /// Takes a mailbox back, keeping at most `keep` of them.
+    #[inline]
     pub(crate) fn give_back(&mut self, mailbox: Arc<Mailbox<T>>, keep: usize) {
         if self.spare.is_none() && keep > 0 {
             self.spare = Some(mailbox);

@@ -255,6 +255,7 @@ impl<M: Manager> fmt::Debug for Pool<M> {
 
 impl<M: Manager> Inner<M> {
     /// Carries out what the state asked for once its lock was released.
+    #[inline]
     pub(crate) fn apply(self: &Arc<Self>, effects: Effects<M::Instance>) {
         let Effects { delivery, rare } = effects;
         // Outcomes go out after the lock is released; a grant whose acquire was dropped
@@ -267,12 +268,14 @@ impl<M: Manager> Inner<M> {
         }
     }
 
+    #[inline]
     fn deliver(self: &Arc<Self>, (mailbox, outcome): Delivery<M::Instance>) {
         if let Some(grant) = mailbox.deliver(outcome) {
             drop(Lease::new(self.clone(), grant));
         }
     }
 
+    #[cold]
     fn apply_rare(self: &Arc<Self>, rare: RareEffects<M::Instance>) {
         for _ in 0..rare.creates {
             self.runtime.spawn(self.clone().create_one());
@@ -354,6 +357,7 @@ impl<M: Manager> Inner<M> {
     }
 
     /// A lease came back.
+    #[inline]
     pub(crate) fn release(self: &Arc<Self>, returned: Returned<M::Instance>) {
         let now = (self.clock_on_release || self.someone_waits()).then(Instant::now);
         let mut effects = Effects::default();

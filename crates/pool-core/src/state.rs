@@ -119,6 +119,7 @@ impl<T> Waiters<T> {
         [high, &mut self.normal, low]
     }
 
+    #[inline]
     fn push(
         &mut self,
         priority: Priority,
@@ -136,6 +137,7 @@ impl<T> Waiters<T> {
     }
 
     /// The next waiter to serve, out of the queue.
+    #[inline]
     fn pop(&mut self) -> Option<WaiterCell<T>> {
         // Only the normal queue is looked at while no other priority waits.
         let waiter = if self.normal.len() == self.len {
@@ -250,6 +252,7 @@ impl<T> Default for RareEffects<T> {
 }
 
 impl<T> Effects<T> {
+    #[cold]
     fn rare(&mut self) -> &mut RareEffects<T> {
         self.rare.get_or_insert_with(Box::default)
     }
@@ -260,6 +263,7 @@ impl<T> Effects<T> {
         }
     }
 
+    #[inline]
     fn deliver(&mut self, waiter: WaiterCell<T>, outcome: Result<Grant<T>>) {
         let delivery = (waiter.mailbox, outcome);
         if self.delivery.is_none() {
@@ -405,6 +409,7 @@ impl<T> State<T> {
 
     /// Leases `index`, which can take one more lease and is not in the available set; the
     /// caller puts it back there when it still has room.
+    #[inline]
     fn lease_slot(&mut self, index: u32, now: Option<Instant>) -> Grant<T> {
         let exclusive = self.config.concurrency == 1;
         let max_uses = self.config.max_uses;
@@ -454,6 +459,7 @@ impl<T> State<T> {
 
     /// Queues an acquire that waits until `deadline`, or until served when there is none;
     /// fails with `QueueFull` when the queue is at its limit.
+    #[inline]
     pub(crate) fn enqueue(
         &mut self,
         priority: Priority,
@@ -514,6 +520,7 @@ impl<T> State<T> {
     }
 
     /// Hands leases on `index` to waiters while it has room, then updates its availability.
+    #[inline]
     fn serve_waiters(&mut self, index: u32, now: Instant, effects: &mut Effects<T>) {
         if self.waiters.len > 0 && self.slot(index).in_available {
             // Leasing expects the slot out of the available set; it goes back if it has room.
@@ -543,6 +550,7 @@ impl<T> State<T> {
     // Release
 
     /// A lease came back: return the instance, or retire it when it must go.
+    #[inline]
     pub(crate) fn release(
         &mut self,
         returned: Returned<T>,
@@ -575,6 +583,7 @@ impl<T> State<T> {
     /// Decides what becomes of a slot whose leases or check changed: destroy it when it is
     /// idle and must go, otherwise serve waiters from it. `now` may be `None` when neither
     /// `idle_timeout` nor `max_lifetime` is set: the clock is then read only if needed.
+    #[inline]
     fn settle(&mut self, index: u32, now: Option<Instant>, effects: &mut Effects<T>) {
         let clock = || now.unwrap_or_else(Instant::now);
         let slot = self.slot(index);

@@ -220,6 +220,7 @@ impl WaitHistogram {
         self.immediate += 1;
     }
 
+    #[inline]
     pub(crate) fn record(&mut self, wait: Duration) {
         // Whole microseconds without `as_micros`, whose 128-bit division shows in profiles.
         let micros = wait
