@@ -53,7 +53,7 @@ impl<M: Manager> Drop for Handle<M> {
 /// The shared core: leases, create and destroy tasks hold it too.
 ///
 /// `repr(C)` keeps the lock and the front of the state (see [`State`]) together, right after
-/// the reference counts that every lease changes, and [`Inner::someone_waits`] away from them.
+/// the reference counts that every lease changes, and `waiters_present` away from them.
 #[repr(C)]
 pub(crate) struct Inner<M: Manager> {
     state: Mutex<State<M::Instance>>,
