@@ -628,12 +628,16 @@ fn fairness_paired(c: &mut Criterion) {
          round; median [p25, p75]; below 1 means ours waited less; defaults: ours bounded at \
          {WAIT_BOUND:?}, deadpool unbounded"
     );
-    println!("| waits | p99 ours/deadpool | ours lower | median p99, ours / deadpool |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| waits | p99 ours/deadpool | ours lower | ours higher | median p99, ours / deadpool |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     let pairs = rounds.len();
     // Which of the round's runs each row compares: (ours, deadpool).
     for (name, ours, deadpool) in [("bounded", 0, 1), ("unbounded", 2, 3), ("defaults", 0, 3)] {
         let lower = rounds.iter().filter(|p99s| p99s[ours] < p99s[deadpool]).count();
+        // The rest are ties: the histogram keeps three significant figures.
+        let higher = rounds.iter().filter(|p99s| p99s[ours] > p99s[deadpool]).count();
         let mut ratios: Vec<f64> =
             rounds.iter().map(|p99s| p99s[ours] as f64 / p99s[deadpool] as f64).collect();
         // The median p99 of one side, in microseconds.
@@ -643,7 +647,7 @@ fn fairness_paired(c: &mut Criterion) {
             quartiles(&mut micros).1
         };
         println!(
-            "| {name} | {} | {lower} of {pairs} pairs | {:.0} / {:.0} µs |",
+            "| {name} | {} | {lower} of {pairs} pairs | {higher} | {:.0} / {:.0} µs |",
             spread(&mut ratios, 2),
             median(ours),
             median(deadpool)
