@@ -636,7 +636,8 @@ fn fairness_paired(c: &mut Criterion) {
     // Which of the round's runs each row compares: (ours, deadpool).
     for (name, ours, deadpool) in [("bounded", 0, 1), ("unbounded", 2, 3), ("defaults", 0, 3)] {
         let lower = rounds.iter().filter(|p99s| p99s[ours] < p99s[deadpool]).count();
-        // The rest are ties: the histogram keeps three significant figures.
+        // A pair neither lower nor higher is a tie: the histogram keeps three significant
+        // figures.
         let higher = rounds.iter().filter(|p99s| p99s[ours] > p99s[deadpool]).count();
         let mut ratios: Vec<f64> =
             rounds.iter().map(|p99s| p99s[ours] as f64 / p99s[deadpool] as f64).collect();
