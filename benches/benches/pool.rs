@@ -35,8 +35,8 @@
 //!   unbounded, in alternation round after round; the report is the table printed after the
 //!   group: for both bounded, both unbounded and each at its default (ours bounded, deadpool
 //!   not), the ratio of the p99 waits of runs from one round, ours/deadpool, median and
-//!   quartiles, and how often ours was the lower. This is the fairness figure
-//!   docs/performance.md quotes.
+//!   quartiles, and how often ours was the lower and how often the higher. This is the
+//!   fairness figure docs/performance.md quotes.
 //! - `cold_burst/<impl>`: an empty pool of at most 8, creates costing 1 ms (a tokio sleep),
 //!   64 tasks acquiring at once (each holds across one `yield_now`): the time until all 64 were
 //!   served, on a fresh pool every iteration. Our pool may run 8 creates at once, like the
@@ -580,7 +580,7 @@ fn fairness_one<S, F>(
 /// after run, so that the machine's drift hits all alike. The report is the table printed after
 /// the group, for both bounded, neither, and each at its default (ours bounded, deadpool not):
 /// per pair of runs from one round, the ratio of their p99 waits, ours/deadpool, as a median
-/// with its quartiles, and how often ours was the lower.
+/// with its quartiles, and how often ours was the lower and how often the higher.
 fn fairness_paired(c: &mut Criterion) {
     let runtime = two_workers();
     let mut group = c.benchmark_group("fairness_paired");
