@@ -29,6 +29,7 @@ impl<T> Mailbox<T> {
     }
 
     /// Makes a mailbox ready for a new wait.
+    #[inline]
     fn reset(slot: &mut Slot<T>, waker: Waker) {
         slot.outcome = None;
         slot.waker = Some(waker);

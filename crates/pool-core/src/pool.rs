@@ -491,52 +491,56 @@ impl<M: Manager> Future for Acquire<'_, M> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Stage::Start { priority, timeout } = this.stage {
-            let now =
-                (this.inner.clock_on_acquire || this.inner.someone_waits()).then(Instant::now);
-            let mut effects = Effects::default();
-            let taken = {
-                let mut state = this.inner.lock();
-                if state.closed {
-                    Err(Error::ShuttingDown)
-                } else if let Some(grant) =
-                    // Nobody may overtake a waiter: take directly only when none waits.
-                    (state.waiting() == 0)
-                        .then(|| state.try_take(now, &mut effects))
-                        .flatten()
-                {
-                    Ok(Some(grant))
-                } else {
-                    let now = now.unwrap_or_else(Instant::now);
-                    let waker = cx.waker().clone();
-                    let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
-                    state.enqueue(priority, now, deadline, waker, &mut effects).map(
-                        |(id, mailbox)| {
-                            this.stage = Stage::Queued { id, mailbox };
-                            None
-                        },
-                    )
-                }
-            };
-            this.inner.apply(effects);
-            return match taken {
-                Ok(Some(grant)) => this.finish(Ok(grant)),
-                Err(error) => this.finish(Err(error)),
-                // Queued, with this task's waker in the mailbox.
-                Ok(None) => Poll::Pending,
-            };
-        }
         match &this.stage {
             Stage::Queued { mailbox, .. } => match mailbox.poll(cx.waker()) {
                 None => Poll::Pending,
                 Some(outcome) => this.finish(outcome),
             },
-            Stage::Start { .. } | Stage::Done => this.finish(Err(Error::ShuttingDown)),
+            &Stage::Start { priority, timeout } => this.start(priority, timeout, cx),
+            Stage::Done => this.finish(Err(Error::ShuttingDown)),
         }
     }
 }
 
 impl<M: Manager> Acquire<'_, M> {
+    /// The first poll: takes an instance, or joins the queue with `cx`'s waker. Kept apart
+    /// from the polls that follow, which only look at the mailbox.
+    #[inline(never)]
+    fn start(
+        &mut self,
+        priority: Priority,
+        timeout: Option<Duration>,
+        cx: &Context<'_>,
+    ) -> Poll<Result<Lease<M>>> {
+        let now = (self.inner.clock_on_acquire || self.inner.someone_waits()).then(Instant::now);
+        let mut effects = Effects::default();
+        let taken = {
+            let mut state = self.inner.lock();
+            if state.closed {
+                Err(Error::ShuttingDown)
+            } else if let Some(grant) =
+                state.may_take().then(|| state.try_take(now, &mut effects)).flatten()
+            {
+                Ok(Some(grant))
+            } else {
+                let now = now.unwrap_or_else(Instant::now);
+                let waker = cx.waker().clone();
+                let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
+                state.enqueue(priority, now, deadline, waker, &mut effects).map(|(id, mailbox)| {
+                    self.stage = Stage::Queued { id, mailbox };
+                    None
+                })
+            }
+        };
+        self.inner.apply(effects);
+        match taken {
+            Ok(Some(grant)) => self.finish(Ok(grant)),
+            Err(error) => self.finish(Err(error)),
+            // Queued, with this task's waker in the mailbox.
+            Ok(None) => Poll::Pending,
+        }
+    }
+
     fn finish(&mut self, outcome: Result<Grant<M::Instance>>) -> Poll<Result<Lease<M>>> {
         let mailbox = match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Queued { mailbox, .. } => Some(mailbox),

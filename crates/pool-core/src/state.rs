@@ -351,6 +351,13 @@ impl<T> State<T> {
         self.waiters.len
     }
 
+    /// Whether an acquire may look for an instance to take at once: none waits, since nobody
+    /// may overtake a waiter, and some instance can take a lease.
+    #[inline]
+    pub(crate) fn may_take(&self) -> bool {
+        self.waiters.len == 0 && !self.available.is_empty()
+    }
+
     fn slot(&self, index: u32) -> &Slot<T> {
         self.slots.get(index).expect("a slot index held by a lease or queue is live")
     }
@@ -412,24 +419,44 @@ impl<T> State<T> {
     #[inline]
     fn lease_slot(&mut self, index: u32, now: Option<Instant>) -> Grant<T> {
         let exclusive = self.config.concurrency == 1;
-        let max_uses = self.config.max_uses;
         let slot = self.slot_mut(index);
         slot.in_use += 1;
-        slot.uses += 1;
         let instance = if exclusive { slot.instance.take() } else { slot.instance.clone() }
             .expect("a slot that can take a lease holds its instance");
-        let id = slot.id;
-        let used_up = max_uses.is_some_and(|max| slot.uses >= max);
-        if used_up && slot.retire.is_none() {
-            slot.retire = Some(DestroyReason::MaxUses);
-            self.retiring += 1;
-        }
+        let id = self.count_use(index);
         self.leased += 1;
         let record = match (self.config.leak_threshold, now) {
             (Some(_), Some(since)) => Some(self.add_record(id, since)),
             _ => None,
         };
         Grant { slot: index, id, instance, exclusive, record }
+    }
+
+    /// Counts a lease on `index`, marking the slot to retire once it reaches `max_uses`;
+    /// returns the instance's id.
+    #[inline]
+    fn count_use(&mut self, index: u32) -> InstanceId {
+        let max_uses = self.config.max_uses;
+        let slot = self.slot_mut(index);
+        slot.uses += 1;
+        let id = slot.id;
+        if max_uses.is_some_and(|max| slot.uses >= max) && slot.retire.is_none() {
+            slot.retire = Some(DestroyReason::MaxUses);
+            self.retiring += 1;
+        }
+        id
+    }
+
+    /// Whether an exclusive lease returning to `index` may pass straight to a waiter: the
+    /// instance is not marked to retire, the pool is open and not above `max`, and neither
+    /// `max_lifetime` nor leak detection needs a look at the clock or a new record.
+    #[inline]
+    fn can_hand_over(&self, index: u32) -> bool {
+        self.slot(index).retire.is_none()
+            && !self.closed
+            && self.config.max_lifetime.is_none()
+            && self.config.leak_threshold.is_none()
+            && self.size - self.retiring <= self.config.max
     }
 
     fn add_record(&mut self, instance: InstanceId, since: Instant) -> u32 {
@@ -562,10 +589,27 @@ impl<T> State<T> {
             let keep = self.most_waiting();
             self.waiters.mailboxes.give_back(mailbox, keep);
         }
-        self.leased -= 1;
         if let Some(record) = record {
             self.remove_record(record);
         }
+        // The common hand-off: an exclusive lease comes back whole while acquires wait, and
+        // nothing retires the instance. It goes straight to the first waiter without becoming
+        // idle, which is what the general path below would do, with less bookkeeping.
+        if let Some(now) = now
+            && instance.is_some()
+            && !broken
+            && self.waiters.len > 0
+            && self.can_hand_over(index)
+        {
+            let waiter = self.waiters.pop().expect("the queue is not empty");
+            let id = self.count_use(index);
+            self.waits.record(now.saturating_duration_since(waiter.enqueued));
+            let instance = instance.expect("checked above");
+            let grant = Grant { slot: index, id, instance, exclusive: true, record: None };
+            effects.deliver(waiter, Ok(grant));
+            return;
+        }
+        self.leased -= 1;
         let slot = self.slot_mut(index);
         slot.in_use -= 1;
         if instance.is_some() {
@@ -656,7 +700,7 @@ impl<T> State<T> {
     /// How many creates to start now for the waiters and the warm minimum; counts them as
     /// running.
     pub(crate) fn creates_needed(&mut self, now: Instant) -> usize {
-        if self.closed || self.backing_off(now).is_some() {
+        if self.closed || self.room() == 0 || self.backing_off(now).is_some() {
             return 0;
         }
         let concurrency = self.config.concurrency;

@@ -62,8 +62,9 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn pool_config() -> impl Strategy<Value = PoolConfig> {
-    (1..4usize, 1..5usize, 0..5usize, 0..6usize, proptest::option::of(1..4u64), any::<bool>())
-        .prop_map(|(concurrency, max, min, queue_limit, max_uses, idle)| PoolConfig {
+    let timers = (any::<bool>(), any::<bool>(), any::<bool>());
+    (1..4usize, 1..5usize, 0..5usize, 0..6usize, proptest::option::of(1..4u64), timers).prop_map(
+        |(concurrency, max, min, queue_limit, max_uses, (idle, lifetime, leaks))| PoolConfig {
             min: min.min(max),
             max,
             concurrency,
@@ -74,11 +75,12 @@ fn pool_config() -> impl Strategy<Value = PoolConfig> {
             create_backoff: Duration::from_millis(50),
             create_backoff_max: Duration::from_millis(400),
             idle_timeout: idle.then_some(Duration::from_millis(700)),
-            max_lifetime: Some(Duration::from_secs(5)),
+            max_lifetime: lifetime.then_some(Duration::from_secs(5)),
             health_check_interval: Some(Duration::from_millis(900)),
-            leak_threshold: Some(Duration::from_secs(2)),
+            leak_threshold: leaks.then_some(Duration::from_secs(2)),
             ..PoolConfig::default()
-        })
+        },
+    )
 }
 
 /// What the acquires did, as the model sees it.

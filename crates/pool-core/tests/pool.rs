@@ -168,6 +168,40 @@ async fn max_uses_retires_an_instance_only_once_it_is_idle() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lease_returned_to_a_waiter_counts_a_use_and_the_last_use_retires_it() {
+    let (pool, manager) = pool(PoolConfig { max: 1, max_uses: Some(2), ..config() });
+    let mut events = pool.subscribe();
+    let first = pool.acquire().await.unwrap();
+    let id = first.id();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await })
+    };
+    run_ready_tasks().await;
+    assert_eq!(pool.status().waiting, 1);
+    drop(first);
+    let second = waiter.await.unwrap().unwrap();
+    assert_eq!(second.id(), id, "the returned instance goes to the waiter");
+    let third = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await })
+    };
+    run_ready_tasks().await;
+    assert!(manager.probe.destroyed_serials().is_empty(), "destroyed under a lease");
+    // Its second use was its last: it goes when it comes back, and the waiter gets a new one.
+    drop(second);
+    let third = third.await.unwrap().unwrap();
+    assert_ne!(third.id(), id);
+    eventually("the used-up instance is destroyed", || manager.probe.destroyed_serials() == [0])
+        .await;
+    assert!(
+        drain(&mut events)
+            .contains(&PoolEvent::Destroyed { instance: id, reason: DestroyReason::MaxUses }),
+        "the instance retired for its uses"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn max_lifetime_retires_an_instance_only_once_it_is_idle() {
     let (pool, manager) = pool(PoolConfig { max_lifetime: Some(10 * SECOND), ..config() });
     let mut events = pool.subscribe();
@@ -606,6 +640,29 @@ async fn resize_down_retires_a_busy_instance_when_its_lease_returns() {
     run_ready_tasks().await;
     assert_eq!(pool.status().size, 1);
     assert_eq!(pool.status().idle, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_resize_down_a_lease_returned_while_acquires_wait_retires_the_surplus_first() {
+    let (pool, manager) = pool(PoolConfig { max: 2, ..config() });
+    let first = pool.acquire().await.unwrap();
+    let second = pool.acquire().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await })
+    };
+    run_ready_tasks().await;
+    pool.resize(0, 1).unwrap();
+    // The pool is one over its new `max`: the first instance back goes, the waiter waits on.
+    drop(first);
+    eventually("one instance retired on release", || manager.probe.destroyed_serials() == [0])
+        .await;
+    assert_eq!(pool.status().waiting, 1);
+    let kept = second.id();
+    drop(second);
+    let served = waiter.await.unwrap().unwrap();
+    assert_eq!(served.id(), kept, "the instance within the new `max` goes to the waiter");
+    assert_eq!(pool.status().size, 1);
 }
 
 #[tokio::test(start_paused = true)]
