@@ -425,10 +425,7 @@ impl<T> State<T> {
             .expect("a slot that can take a lease holds its instance");
         let id = self.count_use(index);
         self.leased += 1;
-        let record = match (self.config.leak_threshold, now) {
-            (Some(_), Some(since)) => Some(self.add_record(id, since)),
-            _ => None,
-        };
+        let record = self.record_lease(id, now);
         Grant { slot: index, id, instance, exclusive, record }
     }
 
@@ -447,16 +444,14 @@ impl<T> State<T> {
         id
     }
 
-    /// Whether an exclusive lease returning to `index` may pass straight to a waiter: the
-    /// instance is not marked to retire, the pool is open and not above `max`, and neither
-    /// `max_lifetime` nor leak detection needs a look at the clock or a new record.
+    /// The leak-detection record of a new lease on `id`, when leak detection is on (the
+    /// acquire then read the clock: `now` is set).
     #[inline]
-    fn can_hand_over(&self, index: u32) -> bool {
-        self.slot(index).retire.is_none()
-            && !self.closed
-            && self.config.max_lifetime.is_none()
-            && self.config.leak_threshold.is_none()
-            && self.size - self.retiring <= self.config.max
+    fn record_lease(&mut self, id: InstanceId, now: Option<Instant>) -> Option<u32> {
+        match (self.config.leak_threshold, now) {
+            (Some(_), Some(since)) => Some(self.add_record(id, since)),
+            _ => None,
+        }
     }
 
     fn add_record(&mut self, instance: InstanceId, since: Instant) -> u32 {
@@ -594,18 +589,18 @@ impl<T> State<T> {
         }
         // The common hand-off: an exclusive lease comes back whole while acquires wait, and
         // nothing retires the instance. It goes straight to the first waiter without becoming
-        // idle, which is what the general path below would do, with less bookkeeping.
+        // idle, which is what `settle` below would do, with less bookkeeping.
         if let Some(now) = now
-            && instance.is_some()
             && !broken
             && self.waiters.len > 0
-            && self.can_hand_over(index)
+            && self.retire_reason(index, || now).is_none()
+            && let Some(instance) = instance
         {
             let waiter = self.waiters.pop().expect("the queue is not empty");
             let id = self.count_use(index);
+            let record = self.record_lease(id, Some(now));
             self.waits.record(now.saturating_duration_since(waiter.enqueued));
-            let instance = instance.expect("checked above");
-            let grant = Grant { slot: index, id, instance, exclusive: true, record: None };
+            let grant = Grant { slot: index, id, instance, exclusive: true, record };
             effects.deliver(waiter, Ok(grant));
             return;
         }
@@ -631,32 +626,41 @@ impl<T> State<T> {
     fn settle(&mut self, index: u32, now: Option<Instant>, effects: &mut Effects<T>) {
         let clock = || now.unwrap_or_else(Instant::now);
         let slot = self.slot(index);
-        if slot.in_use == 0 && !slot.checking {
-            let expired = self
-                .config
-                .max_lifetime
-                .is_some_and(|lifetime| clock().duration_since(slot.created_at) >= lifetime);
-            let reason = if let Some(reason) = slot.retire {
-                Some(reason)
-            } else if self.closed {
-                Some(DestroyReason::Shutdown)
-            } else if expired {
-                Some(DestroyReason::MaxLifetime)
-            } else if self.size - self.retiring > self.config.max {
-                Some(DestroyReason::Resized)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                self.retire(index, reason, effects);
-                effects.add_creates(self.creates_needed(clock()));
-                return;
-            }
+        if slot.in_use == 0
+            && !slot.checking
+            && let Some(reason) = self.retire_reason(index, clock)
+        {
+            self.retire(index, reason, effects);
+            effects.add_creates(self.creates_needed(clock()));
+            return;
         }
         if self.waiters.len > 0 {
             self.serve_waiters(index, clock(), effects);
         } else {
             self.refresh_availability(index);
+        }
+    }
+
+    /// Why the slot at `index`, once idle, must go rather than serve again, if it must: it is
+    /// marked to retire, the pool is closing, it is past its `max_lifetime` (on `clock`), or
+    /// the pool is above `max` after a resize down.
+    #[inline]
+    fn retire_reason(&self, index: u32, clock: impl FnOnce() -> Instant) -> Option<DestroyReason> {
+        let slot = self.slot(index);
+        if let Some(reason) = slot.retire {
+            Some(reason)
+        } else if self.closed {
+            Some(DestroyReason::Shutdown)
+        } else if self
+            .config
+            .max_lifetime
+            .is_some_and(|lifetime| clock().duration_since(slot.created_at) >= lifetime)
+        {
+            Some(DestroyReason::MaxLifetime)
+        } else if self.size - self.retiring > self.config.max {
+            Some(DestroyReason::Resized)
+        } else {
+            None
         }
     }
 
