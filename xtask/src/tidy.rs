@@ -46,6 +46,8 @@ pub(crate) enum Check {
     FeatureDocs,
     /// `.ci/run` does not run exactly the README's test command.
     CiCommand,
+    /// A crate with features is not documented with its defaults alone by CI's doc step.
+    DocsAtDefaults,
 }
 
 /// One broken invariant.
@@ -110,6 +112,10 @@ pub(crate) fn check_workspace(root: &Path) -> Result<Vec<Violation>, String> {
     violations.extend(ci_command_violations(
         &read(&root.join("README.md"))?,
         &read(&root.join(".ci/run"))?,
+    ));
+    violations.extend(docs_at_defaults_violations(
+        &workspace.members_with_features(),
+        &crate::ci::documented_at_defaults(),
     ));
     Ok(violations)
 }
@@ -296,6 +302,16 @@ impl Workspace {
 
     fn package_by_name(&self, name: &str) -> Option<&Package> {
         self.members.iter().filter_map(|id| self.packages.get(id)).find(|p| p.name == name)
+    }
+
+    /// The names of the members that have features.
+    fn members_with_features(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter_map(|id| self.packages.get(id))
+            .filter(|package| !package.features.is_empty())
+            .map(|package| package.name.as_str())
+            .collect()
     }
 
     fn id_by_name(&self, name: &str) -> Option<&str> {
@@ -619,6 +635,24 @@ fn feature_doc_violations(manifest: &str, lib: &str, features: &[String]) -> Vec
         }
     }
     violations
+}
+
+/// Every crate with features has its docs built with its defaults alone by CI's doc step,
+/// where a link to a module behind a feature that is off shows.
+fn docs_at_defaults_violations(with_features: &[&str], documented: &[&str]) -> Vec<Violation> {
+    with_features
+        .iter()
+        .filter(|name| !documented.contains(name))
+        .map(|name| {
+            Violation::new(
+                Check::DocsAtDefaults,
+                format!(
+                    "`{name}` has features, but CI's doc step does not document it with its \
+                     defaults: add `--package {name}` there (xtask/src/ci.rs)"
+                ),
+            )
+        })
+        .collect()
 }
 
 /// `.ci/run` runs exactly the command in the README's test-command block.
@@ -993,6 +1027,18 @@ mod tests {
                 "feature `b` has no `##` doc comment above it in Cargo.toml",
                 "feature `b` is not named in the crate docs' feature flags",
             ]
+        );
+    }
+
+    #[test]
+    fn a_crate_with_features_left_out_of_the_doc_step_is_reported() {
+        let documented = crate::ci::documented_at_defaults();
+        assert!(documented.contains(&"pool-core"), "the doc step's packages: {documented:?}");
+        assert_eq!(docs_at_defaults_violations(&["pool-core"], &documented), Vec::new());
+        assert_one(
+            &docs_at_defaults_violations(&["pool-core", "new-backend"], &documented),
+            Check::DocsAtDefaults,
+            "`new-backend` has features",
         );
     }
 
