@@ -423,21 +423,16 @@ impl<T> State<T> {
         slot.in_use += 1;
         let instance = if exclusive { slot.instance.take() } else { slot.instance.clone() }
             .expect("a slot that can take a lease holds its instance");
+        let id = self.count_use(index);
         self.leased += 1;
-        self.grant(index, instance, exclusive, now)
+        let record = self.record_lease(id, now);
+        Grant { slot: index, id, instance, exclusive, record }
     }
 
-    /// The grant of a new lease on `index`, already counted among the slot's leases: counts a
-    /// use, marking the slot to retire once it reaches `max_uses`, and makes the lease's
-    /// leak-detection record when that is on (the acquire then read the clock: `now` is set).
+    /// Counts a lease on `index`, marking the slot to retire once it reaches `max_uses`;
+    /// returns the instance's id.
     #[inline]
-    fn grant(
-        &mut self,
-        index: u32,
-        instance: Arc<T>,
-        exclusive: bool,
-        now: Option<Instant>,
-    ) -> Grant<T> {
+    fn count_use(&mut self, index: u32) -> InstanceId {
         let max_uses = self.config.max_uses;
         let slot = self.slot_mut(index);
         slot.uses += 1;
@@ -446,19 +441,17 @@ impl<T> State<T> {
             slot.retire = Some(DestroyReason::MaxUses);
             self.retiring += 1;
         }
-        let record = match (self.config.leak_threshold, now) {
-            (Some(_), Some(since)) => Some(self.add_record(id, since)),
-            _ => None,
-        };
-        Grant { slot: index, id, instance, exclusive, record }
+        id
     }
 
-    /// Hands `grant` to the first waiter, recording how long it waited.
-    #[inline(always)]
-    fn serve_first_waiter(&mut self, grant: Grant<T>, now: Instant, effects: &mut Effects<T>) {
-        let waiter = self.waiters.pop().expect("the queue is not empty");
-        self.waits.record(now.saturating_duration_since(waiter.enqueued));
-        effects.deliver(waiter, Ok(grant));
+    /// The leak-detection record of a new lease on `id`, when leak detection is on (the
+    /// acquire then read the clock: `now` is set).
+    #[inline]
+    fn record_lease(&mut self, id: InstanceId, now: Option<Instant>) -> Option<u32> {
+        match (self.config.leak_threshold, now) {
+            (Some(_), Some(since)) => Some(self.add_record(id, since)),
+            _ => None,
+        }
     }
 
     fn add_record(&mut self, instance: InstanceId, since: Instant) -> u32 {
@@ -556,8 +549,10 @@ impl<T> State<T> {
             self.take_out_of_available(index);
         }
         while self.waiters.len > 0 && self.can_lease(self.slot(index)) {
+            let waiter = self.waiters.pop().expect("the queue is not empty");
             let grant = self.lease_slot(index, Some(now));
-            self.serve_first_waiter(grant, now, effects);
+            self.waits.record(now.saturating_duration_since(waiter.enqueued));
+            effects.deliver(waiter, Ok(grant));
         }
         self.refresh_availability(index);
     }
@@ -601,8 +596,12 @@ impl<T> State<T> {
             && self.retire_reason(index, || now).is_none()
             && let Some(instance) = instance
         {
-            let grant = self.grant(index, instance, true, Some(now));
-            self.serve_first_waiter(grant, now, effects);
+            let waiter = self.waiters.pop().expect("the queue is not empty");
+            let id = self.count_use(index);
+            let record = self.record_lease(id, Some(now));
+            self.waits.record(now.saturating_duration_since(waiter.enqueued));
+            let grant = Grant { slot: index, id, instance, exclusive: true, record };
+            effects.deliver(waiter, Ok(grant));
             return;
         }
         self.leased -= 1;
