@@ -274,6 +274,15 @@ impl<T> Effects<T> {
     }
 }
 
+/// What the waiters and the warm minimum need created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Creates {
+    /// This many creates to start now (already counted as running).
+    Start(usize),
+    /// Some, once the create backoff ends at this moment.
+    After(Instant),
+}
+
 /// Counts at the moment the pool closed, for the shutdown report.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Closing {
@@ -384,7 +393,7 @@ impl<T> State<T> {
                 // Too old for another lease: gone now if idle, else once its leases return.
                 if self.slot(index).in_use == 0 {
                     self.retire(index, DestroyReason::MaxLifetime, effects);
-                    effects.add_creates(self.creates_needed(now));
+                    self.start_creates(now, effects);
                 } else {
                     self.mark_retiring(index, DestroyReason::MaxLifetime);
                 }
@@ -510,7 +519,7 @@ impl<T> State<T> {
             self.maintenance_due = Some(deadline);
             effects.rare().wake_maintenance = true;
         }
-        effects.add_creates(self.creates_needed(now));
+        self.start_creates(now, effects);
         Ok(queued)
     }
 
@@ -631,7 +640,7 @@ impl<T> State<T> {
             && let Some(reason) = self.retire_reason(index, clock)
         {
             self.retire(index, reason, effects);
-            effects.add_creates(self.creates_needed(clock()));
+            self.start_creates(clock(), effects);
             return;
         }
         if self.waiters.len > 0 {
@@ -701,20 +710,46 @@ impl<T> State<T> {
     // -----------------------------------------------------------------------------------------
     // Creates
 
-    /// How many creates to start now for the waiters and the warm minimum; counts them as
-    /// running.
-    pub(crate) fn creates_needed(&mut self, now: Instant) -> usize {
-        if self.closed || self.room() == 0 || self.backing_off(now).is_some() {
-            return 0;
+    /// Starts the creates the waiters and the warm minimum need now, counting them as running.
+    /// While a backoff holds them back, makes sure the maintenance task runs when it ends:
+    /// nothing else may call for them then.
+    fn start_creates(&mut self, now: Instant, effects: &mut Effects<T>) {
+        match self.creates_needed(now) {
+            Creates::Start(starts) => effects.add_creates(starts),
+            Creates::After(until) => self.maintain_by(until, effects),
+        }
+    }
+
+    /// What the waiters and the warm minimum need created now; counts the creates to start
+    /// as running.
+    fn creates_needed(&mut self, now: Instant) -> Creates {
+        if self.closed || self.room() == 0 {
+            return Creates::Start(0);
         }
         let concurrency = self.config.concurrency;
         let live = self.size - self.retiring;
         let for_waiters = self.waiters.len.div_ceil(concurrency).saturating_sub(self.creating);
         let for_min = self.config.min.saturating_sub(live + self.creating);
+        let wanted = for_waiters.max(for_min);
+        if let Some(&(until, _)) = self.backing_off(now) {
+            return match until {
+                Some(until) if wanted > 0 => Creates::After(until),
+                _ => Creates::Start(0),
+            };
+        }
         let parallel = self.config.max_concurrent_creates.saturating_sub(self.creating);
-        let starts = for_waiters.max(for_min).min(self.room()).min(parallel);
+        let starts = wanted.min(self.room()).min(parallel);
         self.creating += starts;
-        starts
+        Creates::Start(starts)
+    }
+
+    /// Wakes the maintenance task if it would not otherwise run by `at`.
+    #[cold]
+    fn maintain_by(&mut self, at: Instant, effects: &mut Effects<T>) {
+        if self.maintenance_due.is_none_or(|due| at < due) {
+            self.maintenance_due = Some(at);
+            effects.rare().wake_maintenance = true;
+        }
     }
 
     /// A create succeeded: add the instance and serve waiters from it.
@@ -744,7 +779,7 @@ impl<T> State<T> {
         self.size += 1;
         effects.rare().events.push(PoolEvent::Created { instance: id });
         self.settle(index, Some(now), effects);
-        effects.add_creates(self.creates_needed(now));
+        self.start_creates(now, effects);
     }
 
     /// A create failed: back off, and fail the waiters that were counting on it.
@@ -756,7 +791,7 @@ impl<T> State<T> {
         // The waiters this create would have served: those beyond what the creates still
         // running can serve, at most one instance's worth, in service order.
         let concurrency = self.config.concurrency;
-        let covered = self.creating * concurrency;
+        let covered = self.creating.saturating_mul(concurrency);
         let counting_on_it = self.waiters.len.saturating_sub(covered).min(concurrency);
         for _ in 0..counting_on_it {
             if let Some(waiter) = self.waiters.pop() {
@@ -914,12 +949,9 @@ impl<T> State<T> {
         }
 
         // Creates for the waiters and the warm minimum, after the backoff if one runs.
-        effects.add_creates(self.creates_needed(now));
-        if let Some(&(until, _)) = self.backing_off(now) {
-            let live = self.size - self.retiring + self.creating;
-            if self.waiters.len > 0 || live < self.config.min {
-                due(until);
-            }
+        match self.creates_needed(now) {
+            Creates::Start(starts) => effects.add_creates(starts),
+            Creates::After(until) => due(Some(until)),
         }
         self.maintenance_due = next;
         next
@@ -960,7 +992,7 @@ impl<T> State<T> {
             }
         }
         effects.rare().events.push(PoolEvent::Resized { min, max });
-        effects.add_creates(self.creates_needed(now));
+        self.start_creates(now, effects);
         effects.rare().wake_maintenance = true;
     }
 
@@ -1060,7 +1092,7 @@ impl<T> State<T> {
         if let Some(record) = record {
             self.remove_record(record);
         }
-        effects.add_creates(self.creates_needed(now));
+        self.start_creates(now, effects);
         true
     }
 }

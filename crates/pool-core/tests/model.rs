@@ -62,23 +62,26 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn pool_config() -> impl Strategy<Value = PoolConfig> {
-    let timers = (any::<bool>(), any::<bool>(), any::<bool>());
+    let timers = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>());
     (1..4usize, 1..5usize, 0..5usize, 0..6usize, proptest::option::of(1..4u64), timers).prop_map(
-        |(concurrency, max, min, queue_limit, max_uses, (idle, lifetime, leaks))| PoolConfig {
-            min: min.min(max),
-            max,
-            concurrency,
-            queue_limit,
-            max_uses,
-            acquire_timeout: Some(Duration::from_secs(1)),
-            create_timeout: Duration::from_secs(1),
-            create_backoff: Duration::from_millis(50),
-            create_backoff_max: Duration::from_millis(400),
-            idle_timeout: idle.then_some(Duration::from_millis(700)),
-            max_lifetime: lifetime.then_some(Duration::from_secs(5)),
-            health_check_interval: Some(Duration::from_millis(900)),
-            leak_threshold: leaks.then_some(Duration::from_secs(2)),
-            ..PoolConfig::default()
+        |(concurrency, max, min, queue_limit, max_uses, (idle, lifetime, leaks, checks))| {
+            PoolConfig {
+                min: min.min(max),
+                max,
+                concurrency,
+                queue_limit,
+                max_uses,
+                acquire_timeout: Some(Duration::from_secs(1)),
+                create_timeout: Duration::from_secs(1),
+                create_backoff: Duration::from_millis(50),
+                create_backoff_max: Duration::from_millis(400),
+                idle_timeout: idle.then_some(Duration::from_millis(700)),
+                max_lifetime: lifetime.then_some(Duration::from_secs(5)),
+                // Off in some cases: its ticks must not be what gets a waiter its create.
+                health_check_interval: checks.then_some(Duration::from_millis(900)),
+                leak_threshold: leaks.then_some(Duration::from_secs(2)),
+                ..PoolConfig::default()
+            }
         },
     )
 }
@@ -127,6 +130,7 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let record = Arc::new(Mutex::new(Record::default()));
         let mut closed = false;
         let mut ceiling = Ceiling(config.max, config.max);
+        let (mut failures_seen, mut last_failure_by) = (0, None);
 
         for op in ops {
             match op {
@@ -197,7 +201,16 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             run_ready_tasks().await;
-            check_invariants(&pool, &probe, &record.lock(), &mut ceiling, closed)?;
+            // A create failed at the latest by now if the count went up since the last step.
+            let failures = pool.status().counters.create_failures;
+            if failures > failures_seen {
+                failures_seen = failures;
+                last_failure_by = Some(Instant::now());
+            }
+            let backoff_over = last_failure_by
+                .is_none_or(|at| Instant::now() > at + config.create_backoff_max + TIMER_TICK);
+            let state = Step { closed, backoff_over };
+            check_invariants(&pool, &probe, &record.lock(), &mut ceiling, state)?;
         }
 
         // Shut down for good, return every lease, and let everything finish.
@@ -232,12 +245,24 @@ fn run_case(config: PoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
     })
 }
 
+/// What the model knows of the pool after a step.
+#[derive(Clone, Copy)]
+struct Step {
+    /// A shutdown has started.
+    closed: bool,
+    /// No create failed within the longest backoff (and a timer tick), so none is held back.
+    backoff_over: bool,
+}
+
+/// How late tokio's timers may fire.
+const TIMER_TICK: Duration = Duration::from_millis(2);
+
 fn check_invariants(
     pool: &Pool<TestManager>,
     probe: &Probe,
     record: &Record,
     ceiling: &mut Ceiling,
-    closed: bool,
+    Step { closed, backoff_over }: Step,
 ) -> Result<(), TestCaseError> {
     let status = pool.status();
     let config = pool.config();
@@ -291,6 +316,14 @@ fn check_invariants(
     }
     if closed {
         prop_assert_eq!(status.waiting, 0, "waiters left after shutdown");
+    }
+    // No acquire waits while the pool has room and nothing holds a create back: no create
+    // running, none failed within the longest backoff.
+    if status.waiting > 0 && status.creating == 0 && backoff_over {
+        prop_assert!(
+            status.size >= config.max,
+            "an acquire waits on a pool with room for it: {status:?}"
+        );
     }
     Ok(())
 }

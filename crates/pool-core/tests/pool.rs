@@ -494,6 +494,53 @@ async fn repeated_create_failures_back_off() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_waiter_that_joins_during_a_backoff_gets_a_create_when_it_ends() {
+    // No deadline and no warm minimum: nothing but the waiter itself calls for the create.
+    let (pool, manager) = pool(PoolConfig {
+        max: 2,
+        acquire_timeout: None,
+        create_backoff: Duration::from_millis(100),
+        ..config()
+    });
+    let held = pool.acquire().await.unwrap();
+    manager.probe.fail_creates.store(1, Ordering::SeqCst);
+    let error = pool.acquire().await.unwrap_err();
+    assert!(matches!(error, Error::Create(_)), "{error:?}");
+    // Within the backoff: the pool has room for one more, but may not create yet.
+    let waiter = spawn_acquires(&pool, 1).pop().unwrap();
+    run_ready_tasks().await;
+    assert_eq!((pool.status().waiting, pool.status().creating), (1, 0));
+    let start = Instant::now();
+    let served = tokio::time::timeout(10 * SECOND, waiter).await;
+    let lease = served
+        .expect("the waiter is served, not left waiting")
+        .unwrap()
+        .expect("the create after the backoff serves the waiter");
+    assert_eq!(start.elapsed(), Duration::from_millis(100), "served when the backoff ends");
+    assert_ne!(lease.id(), held.id());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_minimum_lost_during_a_backoff_is_restored_when_it_ends() {
+    // No acquire asks for the create: the warm minimum alone calls for it.
+    let (pool, manager) =
+        pool(PoolConfig { min: 1, max: 2, create_backoff: Duration::from_millis(100), ..config() });
+    eventually("the warm instance", || pool.status().size == 1).await;
+    let mut lease = pool.acquire().await.unwrap();
+    manager.probe.fail_creates.store(1, Ordering::SeqCst);
+    let error = pool.acquire_with(Priority::Normal, SECOND).await.unwrap_err();
+    assert!(matches!(error, Error::Create(_)), "{error:?}");
+    lease.mark_broken();
+    drop(lease);
+    run_ready_tasks().await;
+    assert_eq!((pool.status().size, pool.status().creating), (0, 0), "still backing off");
+    eventually("the minimum is restored after the backoff", || pool.status().size == 1).await;
+    let times = manager.probe.create_times.lock().clone();
+    let [.., failed, restored] = times[..] else { panic!("three creates, got {times:?}") };
+    assert_eq!(restored - failed, Duration::from_millis(100), "created when the backoff ends");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_waiter_whose_create_is_running_takes_an_instance_returned_meanwhile() {
     let (pool, manager) = pool(PoolConfig { max: 2, ..config() });
     let held = pool.acquire().await.unwrap();
@@ -1212,4 +1259,23 @@ async fn a_huge_concurrency_does_not_overflow_the_queue_limit() {
     for waiter in waiters {
         drop(waiter.await.unwrap().unwrap());
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_concurrency_does_not_overflow_when_a_create_fails() {
+    let (pool, manager) = pool(PoolConfig { min: 3, max: 3, concurrency: usize::MAX, ..config() });
+    let mut events = pool.subscribe();
+    let gate = hold_creates(&manager);
+    eventually("three warm-up creates", || pool.status().creating == 3).await;
+    // One fails while two still run: what those two will serve (2 × usize::MAX leases)
+    // saturates instead of overflowing.
+    manager.probe.fail_creates.store(1, Ordering::SeqCst);
+    gate.add_permits(1);
+    eventually("the failure is counted", || pool.status().counters.create_failures == 1).await;
+    let failed = drain(&mut events)
+        .into_iter()
+        .any(|event| matches!(event, PoolEvent::CreateFailed { consecutive_failures: 1, .. }));
+    assert!(failed, "the failure is reported");
+    gate.add_permits(3);
+    eventually("the minimum, after the backoff", || pool.status().size == 3).await;
 }
