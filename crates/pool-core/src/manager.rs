@@ -8,6 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::error::Elapsed;
 
 use crate::error::{ManagerError, ManagerPanic};
 use crate::status::InstanceId;
@@ -60,33 +61,44 @@ pub trait Manager: Send + Sync + 'static {
 
 /// Runs one call of `method` of a manager; a panic in it comes back as a [`ManagerPanic`]
 /// instead of ending the pool's task half way, which would leave a create counted forever or a
-/// destroy that shutdown waits for in vain.
+/// destroy that shutdown waits for in vain. The call is dropped as soon as it ends, and a
+/// panic in its drop is caught too.
 pub(crate) async fn guarded<T>(
     method: &'static str,
     call: impl Future<Output = T>,
 ) -> Result<T, ManagerPanic> {
-    let mut call = pin!(call);
-    // The call is dropped, never polled again, once it has panicked.
-    poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
-        Ok(poll) => poll.map(Ok),
-        Err(payload) => Poll::Ready(Err(ManagerPanic { method, message: message(&*payload) })),
+    let mut call = pin!(Some(call));
+    poll_fn(|cx| {
+        let running = call.as_mut().as_pin_mut().expect("polled again after it ended");
+        let outcome = match catch_unwind(AssertUnwindSafe(|| running.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(value)) => Ok(value),
+            Err(payload) => Err(ManagerPanic { method, message: message(&*payload) }),
+        };
+        // Ended, or never polled again once it has panicked: it goes now, and a panic as it
+        // goes changes nothing of the outcome.
+        let _ = catch_unwind(AssertUnwindSafe(|| call.set(None)));
+        Poll::Ready(outcome)
     })
     .await
 }
 
-/// [`guarded`] for a method that can fail: its error and its panic both come back as the
-/// [`ManagerError`] the pool reports.
-pub(crate) async fn guarded_fallible<T, E>(
+/// [`guarded`] for a method that can fail, cut short after `limit`: its error and its panic
+/// both come back as the [`ManagerError`] the pool reports, and running out of time as
+/// `Elapsed`, even when the call panics as the limit drops it.
+pub(crate) async fn guarded_within<T, E>(
     method: &'static str,
+    limit: Duration,
     call: impl Future<Output = Result<T, E>>,
-) -> Result<T, ManagerError>
+) -> Result<Result<T, ManagerError>, Elapsed>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    match guarded(method, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(ManagerError::new(error)),
-        Err(panic) => Err(ManagerError::new(panic)),
+    match guarded(method, tokio::time::timeout(limit, call)).await {
+        Ok(Ok(Ok(value))) => Ok(Ok(value)),
+        Ok(Ok(Err(error))) => Ok(Err(ManagerError::new(error))),
+        Ok(Err(elapsed)) => Err(elapsed),
+        Err(panic) => Ok(Err(ManagerError::new(panic))),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::config::{PoolConfig, validate_size};
 use crate::error::{Error, Result};
 use crate::lease::Lease;
 use crate::mailbox::Mailbox;
-use crate::manager::{Manager, guarded, guarded_fallible};
+use crate::manager::{Manager, guarded, guarded_within};
 use crate::state::{Delivery, Effects, Grant, Priority, RareEffects, Returned, State, WaiterId};
 use crate::status::{InstanceId, InstanceStatus, PoolEvent, PoolStatus};
 
@@ -315,8 +315,7 @@ impl<M: Manager> Inner<M> {
     async fn create_one(self: Arc<Self>) {
         let timeout = self.timings.create_timeout;
         let id = InstanceId(self.next_instance.fetch_add(1, Ordering::Relaxed));
-        let create = guarded_fallible("create", self.manager.create(id));
-        let result = tokio::time::timeout(timeout, create).await;
+        let result = guarded_within("create", timeout, self.manager.create(id)).await;
         let now = Instant::now();
         let mut effects = Effects::default();
         {
@@ -333,8 +332,8 @@ impl<M: Manager> Inner<M> {
 
     async fn check_one(self: Arc<Self>, slot: u32, instance: Arc<M::Instance>) {
         let timeout = self.timings.health_check_timeout;
-        let check = guarded_fallible("check", self.manager.check(&instance));
-        let failure = match tokio::time::timeout(timeout, check).await {
+        let check = guarded_within("check", timeout, self.manager.check(&instance));
+        let failure = match check.await {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(error.to_string()),
             Err(_) => Some(format!("the health check took longer than {timeout:?}")),

@@ -376,6 +376,37 @@ async fn a_create_backoff_too_long_to_represent_lasts_as_long_as_the_pool() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_manager_future_that_panics_when_its_timeout_cuts_it_short_ends_its_work() {
+    let (pool, manager) = pool(PoolConfig {
+        min: 1,
+        max: 2,
+        health_check_interval: Some(SECOND),
+        health_check_timeout: SECOND,
+        create_timeout: 2 * SECOND,
+        ..config()
+    });
+    eventually("the warm instance", || pool.status().size == 1).await;
+    manager.probe.panics_when_cut.lock().extend(["create", "check"]);
+    *manager.probe.check_delay.lock() = 10 * SECOND;
+    *manager.probe.create_delay.lock() = 10 * SECOND;
+    // The check runs past its timeout and panics as it is dropped: it fails all the same, and
+    // the instance goes. Its replacement's create does the same: the create fails.
+    eventually("the check fails", || pool.status().counters.health_check_failures == 1).await;
+    eventually("the create fails", || pool.status().counters.create_failures == 1).await;
+    let status = pool.status();
+    assert_eq!((status.size, status.creating), (0, 0), "{status:?}");
+
+    // Nothing is left counted: the pool creates again and shuts down.
+    manager.probe.panics_when_cut.lock().clear();
+    *manager.probe.create_delay.lock() = Duration::ZERO;
+    eventually("the minimum is restored", || pool.status().size == 1).await;
+    let report = tokio::time::timeout(10 * SECOND, pool.shutdown(SECOND))
+        .await
+        .expect("the shutdown finishes");
+    assert_eq!(report.destroyed, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_manager_that_panics_fails_that_call_and_the_pool_carries_on() {
     let (pool, manager) = pool(PoolConfig { max: 1, ..config() });
     manager.probe.panics.lock().insert("create");

@@ -51,6 +51,28 @@ pub struct Probe {
     pub checked: Mutex<Vec<u64>>,
     /// The methods that panic (`create`, `check`, `leased`, `destroy`) until taken out.
     pub panics: Mutex<HashSet<&'static str>>,
+    /// The methods (`create`, `check`) whose futures panic when dropped before they finish.
+    pub panics_when_cut: Mutex<HashSet<&'static str>>,
+}
+
+/// Panics when dropped before [`Cut::finished`], if armed: a manager future that panics when
+/// the pool drops it unfinished.
+struct Cut(Option<&'static str>);
+
+impl Cut {
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        if let Some(method) = self.0
+            && !std::thread::panicking()
+        {
+            panic!("test manager: {method} panics when cut short");
+        }
+    }
 }
 
 impl Probe {
@@ -59,6 +81,11 @@ impl Probe {
         if self.panics.lock().contains(method) {
             panic!("test manager: {method} panics");
         }
+    }
+
+    /// Armed when `method`'s future is to panic if dropped unfinished.
+    fn cut(&self, method: &'static str) -> Cut {
+        Cut(self.panics_when_cut.lock().contains(method).then_some(method))
     }
 
     pub fn destroyed_serials(&self) -> Vec<u64> {
@@ -81,6 +108,7 @@ impl Manager for TestManager {
     type Error = TestError;
 
     async fn create(&self, id: pool_core::InstanceId) -> Result<TestInstance, TestError> {
+        let cut = self.probe.cut("create");
         let serial = self.probe.creates_started.fetch_add(1, Ordering::SeqCst);
         self.probe.create_ids.lock().push(id);
         self.probe.create_times.lock().push(Instant::now());
@@ -95,6 +123,7 @@ impl Manager for TestManager {
             .fail_creates
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
+        cut.finished();
         if fail {
             return Err(TestError(format!("create {serial} refused")));
         }
@@ -103,8 +132,10 @@ impl Manager for TestManager {
     }
 
     async fn check(&self, instance: &TestInstance) -> Result<(), TestError> {
+        let cut = self.probe.cut("check");
         self.probe.checked.lock().push(instance.serial);
         pause(&self.probe.check_delay).await;
+        cut.finished();
         self.probe.maybe_panic("check");
         if self.probe.failing_checks.lock().contains(&instance.serial) {
             return Err(TestError(format!("instance {} is unwell", instance.serial)));
