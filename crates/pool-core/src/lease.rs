@@ -65,8 +65,9 @@ impl<M: Manager> Lease<M> {
         self.broken
     }
 
-    /// The instance, mutably, when this lease is its only holder (always the case with
-    /// `concurrency` 1).
+    /// The instance, mutably: with `concurrency` 1 always, as the lease is its only holder.
+    /// A shared lease (`concurrency` above 1) never gets it (`None`), even when it is the only
+    /// one held: the pool keeps the instance to lease again.
     pub fn get_mut(&mut self) -> Option<&mut M::Instance> {
         self.instance.as_mut().and_then(Arc::get_mut)
     }

@@ -606,11 +606,17 @@ async fn an_instance_carries_at_most_concurrency_leases() {
     assert_eq!(pool.status().leased, 3);
     let error = pool.acquire_with(Priority::Normal, SECOND).await.unwrap_err();
     assert!(matches!(error, Error::Timeout { concurrency: 3, .. }), "{error:?}");
-    let [first, ..] = leases;
+    let [first, leases_left @ ..] = leases;
     drop(first);
-    let fourth = pool.acquire_with(Priority::Normal, SECOND).await.unwrap();
+    let mut fourth = pool.acquire_with(Priority::Normal, SECOND).await.unwrap();
     assert_eq!(pool.status().leased, 3);
+    // A shared lease never lends the instance mutably, not even when it is the last one held.
+    drop(leases_left);
+    assert!(fourth.get_mut().is_none());
     drop(fourth);
+    let (exclusive, _manager) = self::pool(PoolConfig { max: 1, ..config() });
+    let mut lease = exclusive.acquire().await.unwrap();
+    assert!(lease.get_mut().is_some(), "an exclusive lease lends it mutably");
 }
 
 #[tokio::test(start_paused = true)]
