@@ -276,7 +276,7 @@ impl<T> Effects<T> {
 }
 
 /// What the waiters and the warm minimum need created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Creates {
     /// This many creates to start now (already counted as running).
     Start(usize),
@@ -513,12 +513,9 @@ impl<T> State<T> {
             return Err(error.clone());
         }
         let queued = self.waiters.push(priority, now, deadline, waker);
-        // The maintenance task times waiters out; wake it if this deadline comes first.
-        if let Some(deadline) = deadline
-            && self.maintenance_due.is_none_or(|due| deadline < due)
-        {
-            self.maintenance_due = Some(deadline);
-            effects.rare().wake_maintenance = true;
+        // The maintenance task times waiters out.
+        if let Some(deadline) = deadline {
+            self.maintain_by(deadline, effects);
         }
         self.start_creates(now, effects);
         Ok(queued)
@@ -718,25 +715,29 @@ impl<T> State<T> {
     #[inline]
     fn start_creates(&mut self, now: Instant, effects: &mut Effects<T>) {
         // Acquires wait on a full pool, which starts none: that is asked before any call.
-        if self.closed || self.room() == 0 {
-            return;
+        if self.may_create() {
+            self.start_needed_creates(now, effects);
         }
-        self.start_creates_with_room(now, effects);
     }
 
-    fn start_creates_with_room(&mut self, now: Instant, effects: &mut Effects<T>) {
+    /// [`start_creates`](State::start_creates) on a pool that may create: out of line, off the
+    /// path of acquires on a full pool.
+    #[inline(never)]
+    fn start_needed_creates(&mut self, now: Instant, effects: &mut Effects<T>) {
         match self.creates_needed(now) {
             Creates::Start(starts) => effects.add_creates(starts),
             Creates::After(until) => self.maintain_by(until, effects),
         }
     }
 
-    /// What the waiters and the warm minimum need created now; counts the creates to start
-    /// as running.
+    /// Whether the pool may start a create at all: open, and with room under `max`.
+    fn may_create(&self) -> bool {
+        !self.closed && self.room() > 0
+    }
+
+    /// What the waiters and the warm minimum need created now, on a pool that
+    /// [may create](State::may_create); counts the creates to start as running.
     fn creates_needed(&mut self, now: Instant) -> Creates {
-        if self.closed || self.room() == 0 {
-            return Creates::Start(0);
-        }
         let concurrency = self.config.concurrency;
         let live = self.size - self.retiring;
         let for_waiters = self.waiters.len.div_ceil(concurrency).saturating_sub(self.creating);
@@ -755,7 +756,7 @@ impl<T> State<T> {
     }
 
     /// Wakes the maintenance task if it would not otherwise run by `at`.
-    #[cold]
+    #[inline]
     fn maintain_by(&mut self, at: Instant, effects: &mut Effects<T>) {
         if self.maintenance_due.is_none_or(|due| at < due) {
             self.maintenance_due = Some(at);
@@ -960,9 +961,11 @@ impl<T> State<T> {
         }
 
         // Creates for the waiters and the warm minimum, after the backoff if one runs.
-        match self.creates_needed(now) {
-            Creates::Start(starts) => effects.add_creates(starts),
-            Creates::After(until) => due(Some(until)),
+        if self.may_create() {
+            match self.creates_needed(now) {
+                Creates::Start(starts) => effects.add_creates(starts),
+                Creates::After(until) => due(Some(until)),
+            }
         }
         self.maintenance_due = next;
         next
